@@ -1,0 +1,40 @@
+"""Embedders: turn images into L2-normalised vectors.
+
+``FakeEmbedder`` needs nothing; the others need the ``[torch]`` extra (and
+``EfficientNetLite0Embedder`` the ``[offline]`` extra). torch is imported only when one
+of them is constructed or used, never by ``import lookalike``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .fake import FakeEmbedder
+
+if TYPE_CHECKING:
+    from ._torch import TorchEmbedder
+    from .efficientnet_lite import EfficientNetLite0Embedder
+    from .torchvision import ResNet50Embedder, TorchvisionEmbedder
+
+__all__ = [
+    "EfficientNetLite0Embedder",
+    "FakeEmbedder",
+    "ResNet50Embedder",
+    "TorchEmbedder",
+    "TorchvisionEmbedder",
+]
+
+_LAZY = {
+    "TorchEmbedder": "._torch",
+    "ResNet50Embedder": ".torchvision",
+    "TorchvisionEmbedder": ".torchvision",
+    "EfficientNetLite0Embedder": ".efficientnet_lite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,123 @@
+"""The exception hierarchy of lookalike.
+
+Every error the library raises on purpose derives from :class:`ImageSearchError`;
+backend errors (SQLite, tcvectordb, requests, torch hub) are translated into it at
+one boundary per backend, with the original kept as ``__cause__``::
+
+    ImageSearchError
+    ├── ConfigurationError        bad argument or setting               (also ValueError)
+    ├── MissingDependencyError    an optional extra is not installed    (also ImportError)
+    ├── ImageLoadError            one image could not be read           (.source, .reason)
+    ├── ModelLoadError            model weights could not be obtained or loaded
+    ├── SchemaMismatchError       store built by another embedder, dim or metric
+    ├── NotFoundError             no record with that id                (also KeyError)
+    └── StoreError                the vector store failed               (.backend)
+        ├── StoreConnectionError  could not reach the store
+        ├── StoreTimeoutError     the store did not answer in time
+        └── StoreCorruptError     the store's files are damaged or not ours
+
+Messages name the thing involved and, where there is one, the fix. They never
+contain credentials.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ImageLoadError",
+    "ImageSearchError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "NotFoundError",
+    "SchemaMismatchError",
+    "StoreConnectionError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreTimeoutError",
+]
+
+
+class ImageSearchError(Exception):
+    """Base class of every error lookalike raises."""
+
+
+class ConfigurationError(ImageSearchError, ValueError):
+    """An argument, setting or credential is invalid or missing."""
+
+
+class MissingDependencyError(ImageSearchError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        self.feature = feature
+        super().__init__(
+            f"{feature} needs the '{package}' package, which is not installed. "
+            f"Install it with: pip install 'lookalike[{extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.package, self.extra, self.feature))
+
+
+class ImageLoadError(ImageSearchError):
+    """An image could not be opened or decoded.
+
+    Attributes:
+        source: a printable name of the image (its path, or ``<bytes>`` / ``<PIL image>``).
+        reason: why it failed, in a few words.
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot load image {source}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.source, self.reason))
+
+
+class ModelLoadError(ImageSearchError):
+    """Model weights could not be downloaded, found or loaded."""
+
+
+class SchemaMismatchError(ImageSearchError):
+    """The store was created for another embedder, dimension, metric or field set."""
+
+
+class NotFoundError(ImageSearchError, KeyError):
+    """No record has the requested id."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(ImageSearchError):
+    """The vector store failed. ``backend`` names the store class."""
+
+    def __init__(self, message: str, *, backend: str = "", code: int | None = None) -> None:
+        self.backend = backend
+        self.code = code
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_store_error, (type(self), str(self), self.backend, self.code))
+
+
+def _rebuild_store_error(
+    cls: type[StoreError], message: str, backend: str, code: int | None
+) -> StoreError:
+    return cls(message, backend=backend, code=code)
+
+
+class StoreConnectionError(StoreError):
+    """The store could not be reached."""
+
+
+class StoreTimeoutError(StoreError):
+    """The store did not answer in time."""
+
+
+class StoreCorruptError(StoreError):
+    """The store's files are damaged, or are not a lookalike store."""

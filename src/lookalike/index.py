@@ -1,0 +1,582 @@
+"""ImageSearchIndex: the facade that ties an embedder to a vector store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ConfigurationError, ImageLoadError, NotFoundError, SchemaMismatchError
+from .images import (
+    ImageBytes,
+    decode_image,
+    describe_source,
+    load_image,
+    pixel_digest,
+    read_image_bytes,
+    resolved_path,
+)
+from .protocols import Embedder, VectorStore
+from .sources import Item
+from .types import (
+    HASH_FIELD,
+    PATH_FIELD,
+    AddReport,
+    Failure,
+    Filter,
+    Hit,
+    ImageInput,
+    MetadataValue,
+    QueryInput,
+    Record,
+    Schema,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["ImageSearchIndex", "path_id"]
+
+DEFAULT_FIELDS = ("path", "label")
+
+
+def path_id(path: str | os.PathLike[str]) -> str:
+    """The default id of an image file: derived from its absolute, resolved path."""
+    return hashlib.sha256(resolved_path(path).encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass
+class _Pending:
+    """One input on its way through add_many."""
+
+    position: int
+    source: str
+    id: str | None
+    metadata: dict[str, Any]
+    input: Any = None
+    encoded: ImageBytes | None = None
+    image: Image.Image | None = None
+    sha256: str | None = None
+    existing: Record | None = None
+    error: str | None = None
+    tensor: Any = None
+    existed: bool = False
+
+
+@dataclass
+class _Chunk:
+    items: list[_Pending] = field(default_factory=list)
+
+
+class ImageSearchIndex:
+    """Search images by image: embed with an :class:`~lookalike.Embedder`, keep the
+    vectors in a :class:`~lookalike.VectorStore`.
+
+    Args:
+        embedder: turns images into vectors. Default: :class:`~lookalike.embedders.ResNet50Embedder`,
+            built on first use (it downloads its weights once; see the offline docs).
+        store: keeps the vectors. Default: a fresh :class:`~lookalike.stores.InMemoryStore`.
+        batch_size: images embedded per batch in :meth:`add_many`.
+        workers: threads that read and decode images while the model runs
+            (default: the number of CPUs, at most 8).
+
+    >>> from lookalike import ImageSearchIndex
+    >>> from lookalike.embedders import FakeEmbedder
+    >>> index = ImageSearchIndex(embedder=FakeEmbedder())
+    >>> index.count()
+    0
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        store: VectorStore | None = None,
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        self._embedder = embedder
+        self._store = store
+        self.batch_size = batch_size
+        self.workers = workers or max(1, min(8, os.cpu_count() or 1))
+        self._schema: Schema | None = None
+
+    # -- components --------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from .embedders.torchvision import ResNet50Embedder
+
+            self._embedder = ResNet50Embedder()
+        return self._embedder
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            from .stores.memory import InMemoryStore
+
+            self._store = InMemoryStore()
+        return self._store
+
+    def __repr__(self) -> str:
+        embedder = "ResNet50Embedder (not built yet)" if self._embedder is None else repr(self._embedder)
+        store = "InMemoryStore (not built yet)" if self._store is None else repr(self._store)
+        return f"ImageSearchIndex(embedder={embedder}, store={store})"
+
+    def close(self) -> None:
+        """Close the store."""
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> ImageSearchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ------------------------------------------------------------------------
+    def create_schema(self, fields: Iterable[str] | None = None) -> Schema:
+        """Create the store's schema for this embedder (idempotent) and return it.
+
+        Args:
+            fields: metadata fields that filters may use (``path`` is always one).
+                Default: the existing schema's fields, else ``("path", "label")``.
+
+        Raises:
+            SchemaMismatchError: the store was created by another embedder, dimension or
+                field set; the message names both.
+        """
+        existing = self.store.describe()
+        if existing is not None:
+            self._check_embedder(existing)
+            if fields is not None:
+                wanted = Schema(existing.dim, existing.identity, existing.metric, tuple(fields))
+                if wanted.fields != existing.fields:
+                    raise SchemaMismatchError(
+                        f"{self.store!r} already has filter fields {list(existing.fields)}; "
+                        f"cannot change them to {list(wanted.fields)}. Create a new store."
+                    )
+            self._schema = existing
+            return existing
+        schema = Schema(
+            dim=self.embedder.dim,
+            identity=self.embedder.identity,
+            fields=tuple(fields) if fields is not None else DEFAULT_FIELDS,
+        )
+        self.store.create_schema(schema)
+        self._schema = self.store.describe() or schema
+        return self._schema
+
+    def _check_embedder(self, schema: Schema) -> None:
+        embedder = self.embedder
+        if schema.identity != embedder.identity or schema.dim != embedder.dim:
+            raise SchemaMismatchError(
+                f"{self.store!r} was built with embedder {schema.identity!r} (dim {schema.dim}), "
+                f"but this index uses {embedder.identity!r} (dim {embedder.dim}). Use the same "
+                "embedder to search or add, or index into a new store."
+            )
+
+    def _existing_schema(self) -> Schema | None:
+        if self._schema is None:
+            existing = self.store.describe()
+            if existing is not None:
+                self._check_embedder(existing)
+            self._schema = existing
+        return self._schema
+
+    def _writable_schema(self) -> Schema:
+        return self._existing_schema() or self.create_schema()
+
+    # -- adding ------------------------------------------------------------------------
+    def add(
+        self,
+        image: ImageInput,
+        *,
+        id: str | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+    ) -> str:
+        """Add (or replace) one image and return its id.
+
+        Raises:
+            ImageLoadError: the image cannot be read; nothing is stored.
+        """
+        report = self.add_many([Item(image, id, dict(metadata or {}))], on_error="raise")
+        return (report.added or report.updated or report.unchanged)[0]
+
+    def add_many(
+        self,
+        images: Iterable[ImageInput | Item],
+        *,
+        ids: Sequence[str] | None = None,
+        metadata: Mapping[str, MetadataValue] | Sequence[Mapping[str, MetadataValue]] | None = None,
+        batch_size: int | None = None,
+        on_error: str = "skip",
+        progress: bool = False,
+    ) -> AddReport:
+        """Embed and store many images, streaming, in batches that commit one by one.
+
+        Ids default to a hash of each file's resolved path (or of the content for bytes
+        and PIL images), so adding the same folder again updates instead of duplicating.
+        Files whose content and metadata are unchanged are skipped without decoding or
+        embedding; changed files are re-embedded; changed metadata alone is rewritten
+        without re-embedding.
+
+        Args:
+            images: paths, bytes, PIL images or :class:`~lookalike.sources.Item`; any
+                iterable, e.g. ``sources.from_dir("photos/")``.
+            ids: one id per image (overrides the default ids).
+            metadata: one mapping for all images, or one per image; ``label`` is a
+                filterable field by default.
+            batch_size: images per embedding batch (default: the index's).
+            on_error: ``"skip"`` lists unreadable images in ``AddReport.failed`` and goes on;
+                ``"raise"`` raises :class:`~lookalike.errors.ImageLoadError` at the first
+                one (earlier batches stay stored).
+            progress: show a progress bar (tqdm) on stderr.
+
+        Returns:
+            An :class:`~lookalike.AddReport` with ids added, updated, unchanged and the failures.
+        """
+        if on_error not in ("skip", "raise"):
+            raise ConfigurationError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        size = batch_size or self.batch_size
+        if not isinstance(size, int) or size < 1:
+            raise ConfigurationError(f"batch_size must be a positive int, got {size!r}")
+        self._writable_schema()
+        total = _length(images)
+        report = AddReport()
+        started = time.perf_counter()
+        pending = self._pending_items(images, ids, metadata)
+        seen: set[str] = set()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
+        try:
+            for chunk in self._prepared_chunks(pending, size):
+                self._store_chunk(chunk, report, seen, on_error)
+                bar.update(len(chunk.items))
+        finally:
+            bar.close()
+            report.seconds = time.perf_counter() - started
+        return report
+
+    def _pending_items(
+        self,
+        images: Iterable[ImageInput | Item],
+        ids: Sequence[str] | None,
+        metadata: Mapping[str, MetadataValue] | Sequence[Mapping[str, MetadataValue]] | None,
+    ) -> Iterator[_Pending]:
+        if isinstance(images, (str, bytes, os.PathLike)) or _is_pil(images):
+            raise ConfigurationError("add_many takes an iterable of images; use add() for one image")
+        shared_meta = metadata if isinstance(metadata, Mapping) else None
+        per_meta = None if metadata is None or shared_meta is not None else list(metadata)  # type: ignore[arg-type]
+        id_list = None if ids is None else list(ids)
+        count = 0
+        for position, entry in enumerate(images):
+            count += 1
+            item = entry if isinstance(entry, Item) else Item(entry)
+            meta: dict[str, Any] = dict(item.metadata)
+            if shared_meta is not None:
+                meta.update(shared_meta)
+            if per_meta is not None:
+                if position >= len(per_meta):
+                    raise ConfigurationError(f"metadata has {len(per_meta)} entries but there are more images")
+                meta.update(per_meta[position])
+            explicit_id = item.id
+            if id_list is not None:
+                if position >= len(id_list):
+                    raise ConfigurationError(f"ids has {len(id_list)} entries but there are more images")
+                explicit_id = id_list[position]
+            if explicit_id is not None and (not isinstance(explicit_id, str) or not explicit_id):
+                raise ConfigurationError(f"ids must be non-empty strings, got {explicit_id!r}")
+            if HASH_FIELD in meta:
+                raise ConfigurationError(f"metadata key {HASH_FIELD!r} is reserved for the content hash")
+            yield _Pending(position, describe_source(item.image), explicit_id, meta, input=item.image)
+        if id_list is not None and count != len(id_list):
+            raise ConfigurationError(f"ids has {len(id_list)} entries but there were {count} images")
+
+    def _prepare(self, item: _Pending) -> None:
+        """Read bytes and compute id and content hash (runs in a worker thread)."""
+        image, item.input = item.input, None
+        try:
+            if isinstance(image, (str, os.PathLike)):
+                item.encoded = read_image_bytes(image)
+                item.sha256 = item.encoded.sha256
+                item.metadata.setdefault(PATH_FIELD, resolved_path(image))
+                if item.id is None:
+                    item.id = path_id(image)
+            elif isinstance(image, (bytes, bytearray, memoryview)):
+                item.encoded = ImageBytes(item.source, bytes(image))
+                item.sha256 = item.encoded.sha256
+            elif _is_pil(image):
+                item.image = load_image(image)
+                item.sha256 = pixel_digest(item.image)
+            else:
+                raise ImageLoadError(item.source, "unsupported input type; pass a path, bytes or a PIL.Image")
+            if item.id is None:
+                item.id = "sha256-" + (item.sha256 or "")[:32]
+            item.metadata[HASH_FIELD] = item.sha256 or ""
+        except ImageLoadError as exc:
+            item.error = exc.reason
+            if item.id is None and isinstance(image, (str, os.PathLike)):
+                item.id = path_id(image)
+
+    def _decode(self, item: _Pending) -> None:
+        if item.error is not None or item.image is not None or item.encoded is None:
+            return
+        try:
+            item.image = decode_image(item.encoded, min_size=getattr(self.embedder, "image_size", None))
+        except ImageLoadError as exc:
+            item.error = exc.reason
+        finally:
+            item.encoded = None
+        preprocess = getattr(self.embedder, "preprocess", None)
+        if item.image is not None and callable(preprocess) and hasattr(self.embedder, "embed_tensor"):
+            try:
+                item.tensor = preprocess(item.image)
+                item.image = None
+            except Exception as exc:  # a model input the preprocessing cannot handle
+                item.error = f"cannot preprocess: {exc}"
+
+    def _prepared_chunks(self, pending: Iterator[_Pending], size: int) -> Iterator[_Chunk]:
+        """Read, look up and decode chunks in background threads, one chunk ahead."""
+        store = self.store
+        done: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def produce(pool: ThreadPoolExecutor) -> None:
+            try:
+                while not stop.is_set():
+                    chunk = _Chunk([p for _, p in zip(range(size), pending)])
+                    if not chunk.items:
+                        break
+                    list(pool.map(self._prepare, chunk.items))
+                    ids = [p.id for p in chunk.items if p.error is None and p.id is not None]
+                    existing = {r.id: r for r in store.get(ids)} if ids else {}
+                    for p in chunk.items:
+                        p.existing = existing.get(p.id or "")
+                        if p.existing is not None and p.error is None and _same_content(p, p.existing):
+                            p.encoded = None  # unchanged content: no need to decode
+                    list(pool.map(self._decode, [p for p in chunk.items if p.encoded is not None]))
+                    while not stop.is_set():
+                        try:
+                            done.put(chunk, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as exc:  # hand any failure to the consumer
+                done.put(exc)
+                return
+            done.put(None)
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lookalike-load") as pool:
+            producer = threading.Thread(target=produce, args=(pool,), name="lookalike-producer", daemon=True)
+            producer.start()
+            try:
+                while True:
+                    got = done.get()
+                    if got is None:
+                        break
+                    if isinstance(got, BaseException):
+                        raise got
+                    yield got
+            finally:
+                stop.set()
+                while producer.is_alive():
+                    try:
+                        done.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                producer.join()
+
+    def _store_chunk(self, chunk: _Chunk, report: AddReport, seen: set[str], on_error: str) -> None:
+        to_embed: list[_Pending] = []
+        records: list[Record] = []
+        outcome: list[tuple[str, str]] = []
+        for p in chunk.items:
+            if p.error is not None:
+                if on_error == "raise":
+                    raise ImageLoadError(p.source, p.error)
+                report.failed.append(Failure(p.source, p.error, p.id))
+                continue
+            assert p.id is not None
+            existed = p.existing is not None or p.id in seen
+            seen.add(p.id)
+            p.existed = existed
+            if p.existing is not None and _same_content(p, p.existing):
+                if dict(p.existing.metadata) == p.metadata:
+                    report.unchanged.append(p.id)
+                else:  # metadata changed, pixels did not: keep the vector
+                    records.append(Record(p.id, p.existing.vector, p.metadata))
+                    outcome.append(("updated", p.id))
+                continue
+            to_embed.append(p)
+        if to_embed:
+            vectors = self._embed_items(to_embed)
+            for p, vec in zip(to_embed, vectors):
+                assert p.id is not None
+                records.append(Record(p.id, vec, p.metadata))
+                outcome.append(("updated" if p.existed else "added", p.id))
+        if records:
+            self.store.upsert(_last_wins(records))
+        for kind, rid in outcome:
+            (report.updated if kind == "updated" else report.added).append(rid)
+
+    def _embed_items(self, items: list[_Pending]) -> NDArray[np.float32]:
+        embedder = self.embedder
+        if all(p.tensor is not None for p in items) and hasattr(embedder, "embed_tensor"):
+            import torch
+
+            vectors = embedder.embed_tensor(torch.stack([p.tensor for p in items]))
+        else:
+            vectors = embedder.embed([p.image for p in items if p.image is not None])
+        for p in items:
+            p.tensor = None
+            p.image = None
+        return _check_vectors(vectors, len(items), embedder)
+
+    # -- searching ---------------------------------------------------------------------
+    def search(self, query: QueryInput, k: int = 10, *, filter: Filter | None = None) -> list[Hit]:
+        """The ``k`` stored images most similar to ``query``, best first.
+
+        Args:
+            query: a path, bytes, PIL image, or a vector of the embedder's dimension.
+            k: how many hits to return (fewer if the store holds fewer).
+            filter: metadata filter, e.g. ``{"label": "goldfish"}`` or
+                ``{"label": ["goldfish", "tench"]}``.
+
+        Raises:
+            ImageLoadError: the query image cannot be read.
+        """
+        if isinstance(query, (list, tuple)):
+            raise ConfigurationError("search takes one query; use search_many for several")
+        return self.search_many([query], k, filter=filter)[0]
+
+    def search_many(
+        self, queries: Iterable[QueryInput], k: int = 10, *, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        """:meth:`search` for many queries at once (embedded and searched in batches)."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ConfigurationError(f"k must be a positive integer, got {k!r}")
+        query_list = list(queries)
+        vectors = self.embed_queries(query_list)
+        schema = self._existing_schema()
+        if schema is None or not query_list:
+            return [[] for _ in query_list]
+        return self.store.search(vectors, int(k), filter)
+
+    def embed_queries(self, queries: Sequence[QueryInput]) -> NDArray[np.float32]:
+        """Vectors for queries: images are loaded and embedded, vectors checked and normalised."""
+        dim = self.embedder.dim
+        out = np.zeros((len(queries), dim), dtype=np.float32)
+        to_embed: list[int] = []
+        images: list[Image.Image] = []
+        for i, q in enumerate(queries):
+            if isinstance(q, np.ndarray):
+                vec = np.asarray(q, dtype=np.float32).reshape(-1)
+                if vec.shape[0] != dim:
+                    raise ConfigurationError(f"query vector has {vec.shape[0]} values, the index expects {dim}")
+                norm = float(np.linalg.norm(vec))
+                if not np.isfinite(vec).all() or norm == 0.0:
+                    raise ConfigurationError("query vector must be finite and non-zero")
+                out[i] = vec / norm
+            else:
+                images.append(load_image(q, min_size=getattr(self.embedder, "image_size", None)))
+                to_embed.append(i)
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            vecs = _check_vectors(self.embedder.embed(batch), len(batch), self.embedder)
+            out[to_embed[start : start + len(batch)]] = vecs
+        return out
+
+    # -- records -----------------------------------------------------------------------
+    def get(self, id: str) -> Record:
+        """The stored record with this id. Raises :class:`~lookalike.errors.NotFoundError`."""
+        if self._existing_schema() is not None:
+            found = self.store.get([id])
+            if found:
+                return found[0]
+        raise NotFoundError(f"no record with id {id!r} in {self.store!r}")
+
+    def delete(self, ids: str | Iterable[str]) -> int:
+        """Delete records by id (a single id or many); return how many existed."""
+        id_list = [ids] if isinstance(ids, str) else list(ids)
+        if self._existing_schema() is None or not id_list:
+            return 0
+        return self.store.delete(id_list)
+
+    def remove_missing(self) -> list[str]:
+        """Delete records whose image file no longer exists; return their ids.
+
+        Records added from bytes or PIL images (no ``path``) are kept.
+        """
+        if self._existing_schema() is None:
+            return []
+        gone = [
+            r.id
+            for batch in self.store.scan()
+            for r in batch
+            if r.path is not None and not os.path.exists(r.path)
+        ]
+        for start in range(0, len(gone), 1000):
+            self.store.delete(gone[start : start + 1000])
+        return gone
+
+    def count(self) -> int:
+        """Number of stored images."""
+        return self.store.count()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and self._existing_schema() is not None and bool(self.store.get([id]))
+
+
+def _length(images: Iterable[Any]) -> int | None:
+    try:
+        return len(images)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _is_pil(obj: object) -> bool:
+    module = type(obj).__module__
+    return module.startswith("PIL.") and hasattr(obj, "getpixel")
+
+
+def _same_content(item: _Pending, existing: Record) -> bool:
+    return item.sha256 is not None and existing.metadata.get(HASH_FIELD) == item.sha256
+
+
+def _last_wins(records: list[Record]) -> list[Record]:
+    by_id: dict[str, Record] = {}
+    for r in records:
+        by_id.pop(r.id, None)
+        by_id[r.id] = r
+    return list(by_id.values())
+
+
+def _check_vectors(vectors: Any, n: int, embedder: Embedder) -> NDArray[np.float32]:
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.shape != (n, embedder.dim):
+        raise ConfigurationError(
+            f"{embedder!r} returned shape {arr.shape} for {n} images; expected ({n}, {embedder.dim})"
+        )
+    if not np.isfinite(arr).all():
+        raise ConfigurationError(f"{embedder!r} returned NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ConfigurationError(f"{embedder!r} returned an all-zero vector")
+    return (arr / norms).astype(np.float32, copy=False)
+

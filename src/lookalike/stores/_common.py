@@ -1,0 +1,206 @@
+"""Helpers every store uses: schema checks, record validation and exact top-k search."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import ConfigurationError, SchemaMismatchError
+from ..filters import NormalizedFilter, matches
+from ..types import Hit, Record, Schema
+
+__all__ = [
+    "ExactIndex",
+    "check_same_schema",
+    "check_search_args",
+    "require_schema",
+    "validate_records",
+]
+
+
+def check_same_schema(existing: Schema, wanted: Schema, where: str) -> None:
+    """Raise :class:`SchemaMismatchError` naming both schemas when they differ."""
+    problems = []
+    if existing.dim != wanted.dim:
+        problems.append(f"dim {existing.dim} (stored) vs {wanted.dim} (requested)")
+    if existing.identity != wanted.identity:
+        problems.append(f"embedder {existing.identity!r} (stored) vs {wanted.identity!r} (requested)")
+    if existing.metric != wanted.metric:
+        problems.append(f"metric {existing.metric!r} (stored) vs {wanted.metric!r} (requested)")
+    if existing.fields != wanted.fields:
+        problems.append(f"fields {list(existing.fields)} (stored) vs {list(wanted.fields)} (requested)")
+    if problems:
+        raise SchemaMismatchError(
+            f"{where} was created with another schema: {'; '.join(problems)}. "
+            "Use the same embedder and fields, or create a new store."
+        )
+
+
+def require_schema(schema: Schema | None, where: str) -> Schema:
+    if schema is None:
+        raise ConfigurationError(f"{where} has no schema yet: call create_schema() first")
+    return schema
+
+
+def validate_records(records: Sequence[Record], schema: Schema) -> NDArray[np.float32]:
+    """Check ids, dims, finiteness and metadata; return the vectors stacked as float32."""
+    if not records:
+        return np.zeros((0, schema.dim), dtype=np.float32)
+    seen: set[str] = set()
+    for r in records:
+        if not isinstance(r.id, str) or not r.id:
+            raise ConfigurationError(f"record ids must be non-empty strings, got {r.id!r}")
+        if r.id in seen:
+            raise ConfigurationError(f"duplicate id {r.id!r} in one upsert")
+        seen.add(r.id)
+        _check_metadata(r.id, r.metadata)
+    try:
+        matrix = np.stack([np.asarray(r.vector, dtype=np.float32).reshape(-1) for r in records])
+    except ValueError as exc:
+        raise ConfigurationError(f"vectors in one upsert have different lengths: {exc}") from None
+    if matrix.shape[1] != schema.dim:
+        raise ConfigurationError(
+            f"vector dim {matrix.shape[1]} does not match the store's dim {schema.dim}"
+        )
+    if not np.isfinite(matrix).all():
+        bad = next(r.id for r, row in zip(records, matrix) if not np.isfinite(row).all())
+        raise ConfigurationError(f"vector of record {bad!r} contains NaN or infinity")
+    return matrix
+
+
+def _check_metadata(record_id: str, metadata: Mapping[str, Any]) -> None:
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key.isidentifier() or key in ("id", "vector", "score"):
+            raise ConfigurationError(f"record {record_id!r}: invalid metadata key {key!r}")
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigurationError(
+                f"record {record_id!r}: metadata {key!r} must be str, int, float or bool, "
+                f"got {type(value).__name__}"
+            )
+
+
+def check_search_args(vectors: NDArray[Any], k: int, schema: Schema) -> NDArray[np.float32]:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ConfigurationError(f"k must be a positive integer, got {k!r}")
+    q = np.asarray(vectors, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != schema.dim:
+        raise ConfigurationError(
+            f"query vectors must have shape (n, {schema.dim}), got {tuple(np.shape(vectors))}"
+        )
+    if not np.isfinite(q).all():
+        raise ConfigurationError("query vector contains NaN or infinity")
+    return q
+
+
+def top_k(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
+    """Indices of the ``k`` largest scores, best first (ties keep the lower index first)."""
+    n = scores.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    if k < n:
+        part = np.argpartition(-scores, k - 1)[:k]
+        order = np.lexsort((part, -scores[part]))
+        return part[order]
+    return np.lexsort((np.arange(n), -scores))
+
+
+class ExactIndex:
+    """Vectors in a growable float32 matrix with ids and metadata; exact cosine search.
+
+    Not thread-safe on its own: stores guard it with their lock.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._matrix = np.zeros((0, dim), dtype=np.float32)
+        self._size = 0
+        self.ids: list[str] = []
+        self.metadata: list[dict[str, Any]] = []
+        self.rows: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def vectors(self) -> NDArray[np.float32]:
+        return self._matrix[: self._size]
+
+    def _reserve(self, extra: int) -> None:
+        needed = self._size + extra
+        if needed > self._matrix.shape[0]:
+            capacity = max(needed, int(self._matrix.shape[0] * 1.5) + 16)
+            grown = np.empty((capacity, self.dim), dtype=np.float32)
+            grown[: self._size] = self._matrix[: self._size]
+            self._matrix = grown
+
+    def upsert(self, ids: Sequence[str], matrix: NDArray[np.float32], metadata: Sequence[Mapping[str, Any]]) -> None:
+        self._reserve(len(ids))
+        for rid, vec, meta in zip(ids, matrix, metadata):
+            row = self.rows.get(rid)
+            if row is None:
+                row = self._size
+                self._size += 1
+                self.rows[rid] = row
+                self.ids.append(rid)
+                self.metadata.append(dict(meta))
+            else:
+                self.metadata[row] = dict(meta)
+            self._matrix[row] = vec
+
+    def delete(self, ids: Sequence[str]) -> int:
+        removed = 0
+        for rid in dict.fromkeys(ids):
+            row = self.rows.pop(rid, None)
+            if row is None:
+                continue
+            last = self._size - 1
+            if row != last:
+                moved = self.ids[last]
+                self._matrix[row] = self._matrix[last]
+                self.ids[row] = moved
+                self.metadata[row] = self.metadata[last]
+                self.rows[moved] = row
+            self.ids.pop()
+            self.metadata.pop()
+            self._size -= 1
+            removed += 1
+        return removed
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        out = []
+        for rid in ids:
+            row = self.rows.get(rid)
+            if row is not None:
+                out.append(Record(rid, self._matrix[row].copy(), dict(self.metadata[row])))
+        return out
+
+    def search(
+        self, queries: NDArray[np.float32], k: int, filter: NormalizedFilter | None
+    ) -> list[list[Hit]]:
+        matrix = self.vectors
+        candidates: NDArray[np.intp] | None = None
+        if filter:
+            candidates = np.fromiter(
+                (i for i, m in enumerate(self.metadata) if matches(m, filter)), dtype=np.intp
+            )
+            matrix = matrix[candidates]
+        if matrix.shape[0] == 0:
+            return [[] for _ in range(queries.shape[0])]
+        scores = matrix @ queries.T  # (n, q): vectors are unit length, so this is cosine
+        results = []
+        for j in range(queries.shape[0]):
+            column = scores[:, j]
+            best = top_k(column, k)
+            rows = best if candidates is None else candidates[best]
+            results.append(
+                [
+                    Hit.from_metadata(self.ids[r], float(np.clip(column[b], -1.0, 1.0)), self.metadata[r])
+                    for r, b in zip(rows, best)
+                ]
+            )
+        return results

@@ -1,0 +1,101 @@
+"""InMemoryStore: exact cosine search over a numpy matrix; the reference store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..filters import normalize_filter
+from ..types import Filter, Hit, Record, Schema
+from ._common import (
+    ExactIndex,
+    check_same_schema,
+    check_search_args,
+    require_schema,
+    validate_records,
+)
+
+__all__ = ["InMemoryStore"]
+
+
+class InMemoryStore:
+    """Keeps everything in process memory; nothing is persisted.
+
+    The reference implementation of :class:`~lookalike.VectorStore` and the store to use
+    in your own tests. Search is exact (brute-force cosine).
+
+    >>> store = InMemoryStore()
+    """
+
+    def __init__(self) -> None:
+        self._schema: Schema | None = None
+        self._index: ExactIndex | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"InMemoryStore(count={self.count()})"
+
+    def create_schema(self, schema: Schema) -> None:
+        with self._lock:
+            if self._schema is not None:
+                check_same_schema(self._schema, schema, "this InMemoryStore")
+                return
+            self._schema = schema
+            self._index = ExactIndex(schema.dim)
+
+    def describe(self) -> Schema | None:
+        return self._schema
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        with self._lock:
+            schema = require_schema(self._schema, "this InMemoryStore")
+            matrix = validate_records(records, schema)
+            assert self._index is not None
+            self._index.upsert([r.id for r in records], matrix, [r.metadata for r in records])
+
+    def search(
+        self, vectors: NDArray[np.float32], k: int, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        with self._lock:
+            schema = require_schema(self._schema, "this InMemoryStore")
+            queries = check_search_args(vectors, k, schema)
+            assert self._index is not None
+            return self._index.search(queries, int(k), normalize_filter(filter, schema.fields))
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        with self._lock:
+            require_schema(self._schema, "this InMemoryStore")
+            assert self._index is not None
+            return self._index.get(list(ids))
+
+    def delete(self, ids: Sequence[str]) -> int:
+        with self._lock:
+            require_schema(self._schema, "this InMemoryStore")
+            assert self._index is not None
+            return self._index.delete(list(ids))
+
+    def scan(self, batch_size: int = 1000) -> Iterator[list[Record]]:
+        with self._lock:
+            require_schema(self._schema, "this InMemoryStore")
+            assert self._index is not None
+            ids = list(self._index.ids)
+        for start in range(0, len(ids), batch_size):
+            with self._lock:
+                batch = self._index.get(ids[start : start + batch_size])
+            if batch:
+                yield batch
+
+    def count(self) -> int:
+        return 0 if self._index is None else len(self._index)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> InMemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

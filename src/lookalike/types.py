@@ -1,0 +1,166 @@
+"""Value types shared by the facade, the embedders and the stores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "AddReport",
+    "Failure",
+    "Filter",
+    "Hit",
+    "ImageInput",
+    "MetadataValue",
+    "QueryInput",
+    "Record",
+    "Schema",
+    "Vector",
+]
+
+Vector = NDArray[np.float32]
+MetadataValue = Union[str, int, float, bool]
+ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image"]
+QueryInput = Union[ImageInput, NDArray[Any]]
+Filter = Mapping[str, Any]
+"""``{"label": "cat"}`` (equality) or ``{"label": ["cat", "dog"]}`` (in); keys are ANDed."""
+
+#: Metadata keys the facade fills in itself.
+PATH_FIELD = "path"
+HASH_FIELD = "sha256"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a store holds: vector size, the embedder that made them, metric and filter fields.
+
+    ``identity`` is the embedder's identity string; a store refuses vectors from an
+    embedder with another identity. ``fields`` are the metadata fields that filters may
+    use (``path`` is always one).
+    """
+
+    dim: int
+    identity: str
+    metric: str = "cosine"
+    fields: tuple[str, ...] = ("path", "label")
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigurationError
+
+        if not isinstance(self.dim, int) or self.dim <= 0:
+            raise ConfigurationError(f"Schema dim must be a positive int, got {self.dim!r}")
+        if not self.identity or not isinstance(self.identity, str):
+            raise ConfigurationError("Schema identity must be a non-empty string")
+        if self.metric != "cosine":
+            raise ConfigurationError(f"only metric='cosine' is supported, got {self.metric!r}")
+        fields = tuple(dict.fromkeys((PATH_FIELD, *self.fields)))
+        for name in fields:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigurationError(f"field names must be identifiers, got {name!r}")
+            if name in ("id", "vector", "score"):
+                raise ConfigurationError(f"field name {name!r} is reserved")
+        object.__setattr__(self, "fields", fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "identity": self.identity,
+            "metric": self.metric,
+            "fields": list(self.fields),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schema:
+        return cls(
+            dim=int(data["dim"]),
+            identity=str(data["identity"]),
+            metric=str(data.get("metric", "cosine")),
+            fields=tuple(data.get("fields", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored item: an id, its L2-normalised vector and its metadata.
+
+    ``metadata`` holds the facade's ``path`` and ``sha256`` (content hash) when known,
+    plus whatever the user attached.
+    """
+
+    id: str
+    vector: Vector
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str | None:
+        value = self.metadata.get(PATH_FIELD)
+        return None if value is None else str(value)
+
+    def __repr__(self) -> str:
+        return f"Record(id={self.id!r}, dim={len(self.vector)}, metadata={dict(self.metadata)!r})"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score`` is cosine similarity: higher is more similar, 1.0 is identical."""
+
+    id: str
+    score: float
+    path: str | None = None
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, id: str, score: float, metadata: Mapping[str, Any]) -> Hit:
+        """Build a hit from a store's metadata, moving ``path`` into its own attribute."""
+        rest = {k: v for k, v in metadata.items() if k != PATH_FIELD}
+        path = metadata.get(PATH_FIELD)
+        return cls(id=id, score=float(score), path=None if path is None else str(path), metadata=rest)
+
+    def __repr__(self) -> str:
+        where = f" path={self.path!r}" if self.path else ""
+        return f"<Hit {self.id!r} score={self.score:.4f}{where}>"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An image that ``add_many`` could not store, with the reason."""
+
+    source: str
+    reason: str
+    id: str | None = None
+
+
+@dataclass
+class AddReport:
+    """What ``add_many`` did: ids added, updated and skipped as unchanged, and failures."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def stored(self) -> int:
+        """Number of records written (added + updated)."""
+        return len(self.added) + len(self.updated)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def __str__(self) -> str:
+        rate = f", {self.stored / self.seconds:.1f} img/s" if self.seconds > 0 and self.stored else ""
+        return (
+            f"added {len(self.added)}, updated {len(self.updated)}, "
+            f"unchanged {len(self.unchanged)}, failed {len(self.failed)} "
+            f"in {self.seconds:.1f}s{rate}"
+        )

@@ -1,0 +1,79 @@
+"""Shared fixtures: a clean environment, generated images, the shared data set."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "reverse_image_search"
+if not DATASET.is_dir():  # CI clones next to shared/ too; allow an override
+    DATASET = Path(os.environ.get("LOOKALIKE_DATASET", str(DATASET)))
+
+needs_dataset = pytest.mark.skipif(
+    not (DATASET / "train").is_dir(),
+    reason=f"data set folder {DATASET} is absent (the shared reverse_image_search set)",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No developer credentials or settings leak into tests; no network model cache."""
+    for name in list(os.environ):
+        if name.startswith(("LOOKALIKE_", "TENCENT_VECTORDB_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+
+
+def make_image(seed: int, size: tuple[int, int] = (96, 80), mode: str = "RGB") -> Image.Image:
+    """A distinct synthetic picture: coloured background, shapes placed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    base = tuple(int(c) for c in rng.integers(0, 256, 3))
+    img = Image.new("RGB", size, base)
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+        x1, y1 = x0 + int(rng.integers(8, w // 2 + 9)), y0 + int(rng.integers(8, h // 2 + 9))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def image_factory() -> Callable[[int], Image.Image]:
+    return make_image
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """A folder of 12 distinct images (JPEG and PNG, in two subfolders) plus a non-image."""
+    root = tmp_path / "photos"
+    for i in range(12):
+        sub = root / ("a" if i < 6 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        ext = "jpg" if i % 2 == 0 else "png"
+        make_image(i).save(sub / f"img{i:02d}.{ext}", quality=92)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def dataset() -> Iterator[Path]:
+    if not (DATASET / "train").is_dir():
+        pytest.skip(f"data set folder {DATASET} is absent")
+    yield DATASET
