@@ -19,7 +19,13 @@ from . import __version__, sources
 from .errors import ConfigurationError, ImageSearchError
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
-from .registry import EMBEDDERS, default_store_path, embedder_for_identity, make_embedder, open_store
+from .registry import (
+    EMBEDDERS,
+    default_store_path,
+    embedder_for_identity,
+    make_embedder,
+    open_store,
+)
 from .types import Hit
 
 __all__ = ["build_parser", "main", "open_index"]
@@ -152,7 +158,7 @@ class _Chain:
             yield from part
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)  # type: ignore[arg-type]
+        return sum(len(p) for p in self.parts)  # type: ignore[arg-type,misc]
 
 
 def _parse_pairs(pairs: Sequence[str], option: str) -> list[tuple[str, str]]:

@@ -278,8 +278,12 @@ class ImageSearchIndex:
     ) -> Iterator[_Pending]:
         if isinstance(images, (str, bytes, os.PathLike)) or _is_pil(images):
             raise ConfigurationError("add_many takes an iterable of images; use add() for one image")
-        shared_meta = metadata if isinstance(metadata, Mapping) else None
-        per_meta = None if metadata is None or shared_meta is not None else list(metadata)  # type: ignore[arg-type]
+        shared_meta: Mapping[str, MetadataValue] | None = None
+        per_meta: list[Mapping[str, MetadataValue]] | None = None
+        if isinstance(metadata, Mapping):
+            shared_meta = metadata
+        elif metadata is not None:
+            per_meta = list(metadata)
         id_list = None if ids is None else list(ids)
         count = 0
         for position, entry in enumerate(images):
@@ -578,5 +582,6 @@ def _check_vectors(vectors: Any, n: int, embedder: Embedder) -> NDArray[np.float
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ConfigurationError(f"{embedder!r} returned an all-zero vector")
-    return (arr / norms).astype(np.float32, copy=False)
+    normalised: NDArray[np.float32] = (arr / norms).astype(np.float32, copy=False)
+    return normalised
 

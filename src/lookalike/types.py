@@ -27,9 +27,9 @@ __all__ = [
 ]
 
 Vector = NDArray[np.float32]
-MetadataValue = Union[str, int, float, bool]
-ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image"]
-QueryInput = Union[ImageInput, NDArray[Any]]
+MetadataValue = str | int | float | bool
+ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image"]  # noqa: UP007
+QueryInput = Union[ImageInput, NDArray[Any]]  # noqa: UP007
 Filter = Mapping[str, Any]
 """``{"label": "cat"}`` (equality) or ``{"label": ["cat", "dog"]}`` (in); keys are ANDed."""
 

@@ -72,4 +72,5 @@ class FakeEmbedder:
         vectors = thumbs @ self._projection
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
-        return (vectors / norms).astype(np.float32)
+        normalised: NDArray[np.float32] = (vectors / norms).astype(np.float32)
+        return normalised

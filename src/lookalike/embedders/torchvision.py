@@ -51,12 +51,13 @@ def imagenet_preprocess(
     from torchvision import transforms
 
     mode = getattr(transforms.InterpolationMode, interpolation.upper())
-    return transforms.Compose([
+    pipeline: Callable[[Image.Image], Any] = transforms.Compose([
         transforms.Resize(resize, interpolation=mode, antialias=True),
         transforms.CenterCrop(crop),
         transforms.ToTensor(),
         transforms.Normalize(mean, std),
     ])
+    return pipeline
 
 
 def _norm_tag(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
