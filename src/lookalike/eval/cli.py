@@ -1,0 +1,96 @@
+"""``lookalike eval DATASET``: retrieval quality of one or more embedders, in one table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..registry import EMBEDDERS, make_embedder, open_store
+from ..sources import Item
+from .datasets import load_dataset
+from .evaluation import EvalReport, Query, evaluate
+from .report import format_table, write_html
+
+__all__ = ["add_command", "cmd_eval"]
+
+
+def add_command(subparsers: Any) -> None:
+    """Register the ``eval`` subcommand on the main parser's subparsers."""
+    p = subparsers.add_parser(
+        "eval",
+        help="measure retrieval quality (mHR@k, mAP@k) on a labelled data set",
+        description="Index a data set's gallery with each embedder, search with its queries and "
+        "report mHR@k, Towhee-style mAP@k, standard mAP@k and recall@1. DATASET is either the "
+        "Towhee layout (train/, test/, reverse_image_search.csv) or one folder per class (then "
+        "--queries-per-class images per class are held out as queries, drawn with --seed).",
+    )
+    p.add_argument("dataset", metavar="DATASET", help="data set folder")
+    p.add_argument("--embedder", action="append", default=[], metavar="NAME",
+                   help=f"{', '.join(EMBEDDERS)}, resnet50:WEIGHTS.pth or torchvision:ARCH[:WEIGHTS]; "
+                   "repeat to compare several in one table (default: efficientnet-lite0)")
+    p.add_argument("--store", metavar="SPEC", default=None,
+                   help="store for the gallery (default: a fresh in-memory store per embedder); "
+                   "a file path keeps the embeddings for the next run, one embedder only")
+    p.add_argument("--refine", action="append", default=[], metavar="SPEC",
+                   help="query refinement per row: none, qe or qe:top=N,alpha=A (alpha query "
+                   "expansion); repeat to compare (default: none)")
+    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--queries-per-class", type=int, default=1, metavar="N",
+                   help="folder-per-class layout: images held out per class as queries (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="folder-per-class layout: query draw seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="model precision (default: fp32)")
+    p.add_argument("--json", action="store_true", help="print JSON (summary and per-query rows)")
+    p.add_argument("--html", metavar="FILE", default=None,
+                   help="write a self-contained HTML page: table, then every query's top-k, worst first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..index import ImageSearchIndex
+    from ..refine import parse_refinement
+    from ..stores.memory import InMemoryStore
+
+    if args.k < 1:
+        raise ConfigurationError(f"-k must be positive, got {args.k}")
+    names = args.embedder or ["efficientnet-lite0"]
+    if args.store is not None and len(names) > 1:
+        raise ConfigurationError("--store holds one embedder's vectors; leave it out to compare several")
+    refinements = [parse_refinement(s) for s in (args.refine or ["none"])]
+    data = load_dataset(args.dataset, queries_per_class=args.queries_per_class, seed=args.seed)
+    progress = not args.quiet and not args.json
+    if progress:
+        print(f"data set: {data}", file=sys.stderr)
+    gallery = [Item(g.path, metadata={"label": g.label}) for g in data.gallery]
+    queries = [Query(q.path, label=q.label, name=q.path.relative_to(data.root).as_posix())
+               for q in data.queries]
+    reports: list[EvalReport] = []
+    for name in names:
+        embedder = make_embedder(name, device=args.device, precision=args.precision)
+        store = open_store(args.store) if args.store is not None else InMemoryStore()
+        with ImageSearchIndex(embedder, store, batch_size=args.batch_size) as index:
+            index.create_schema()
+            added = index.add_many(gallery, progress=progress)
+            for failure in added.failed:
+                print(f"lookalike: skipped {failure.source}: {failure.reason}", file=sys.stderr)
+            for refine in refinements:
+                report = evaluate(index, queries, k=args.k, refine=refine, name=name, progress=progress)
+                report.index_seconds = added.seconds
+                reports.append(report)
+    if args.json:
+        json.dump({"dataset": str(data), "reports": [r.to_dict() for r in reports]}, sys.stdout,
+                  indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(reports))
+    if args.html:
+        path = write_html(reports, args.html, title=f"lookalike eval: {data.root.name}", notes=[str(data)])
+        if not args.json:
+            print(f"wrote {path}")
+    return 0
