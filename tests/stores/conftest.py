@@ -6,13 +6,26 @@ To add a backend, add an entry to ``STORE_FACTORIES``: a function that takes pyt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lookalike.stores import InMemoryStore, LocalStore
+
+from .tencent_server import FakeTencentServer
+
+TENCENT_KEY = "fake-key-Zq81"
+_tencent_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def tencent_server() -> Iterator[FakeTencentServer]:
+    """The loopback Tencent VectorDB wire server (``tencent_server.py``), one per session."""
+    with FakeTencentServer(key=TENCENT_KEY) as server:
+        yield server
 
 
 def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
@@ -23,9 +36,22 @@ def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return LocalStore(tmp_path / "store.lookalike")
 
 
+def _tencent(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    pytest.importorskip("tcvectordb")
+    from lookalike.stores import TencentVectorStore
+
+    server: FakeTencentServer = request.getfixturevalue("tencent_server")
+    server.clear_faults()
+    return TencentVectorStore(
+        server.url, key=TENCENT_KEY, database=f"db{next(_tencent_names)}", collection="images",
+        timeout=5, backoff=0.01,
+    )
+
+
 STORE_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "memory": _memory,
     "local": _local,
+    "tencent": _tencent,
 }
 
 
