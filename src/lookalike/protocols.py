@@ -56,7 +56,8 @@ class VectorStore(Protocol):
         - ``search(vectors, k, filter)``: for each row of ``vectors`` (shape ``(n, dim)``)
           the up to ``k`` best records as :class:`~lookalike.Hit`, best first, where
           ``score`` is cosine similarity. Only records matching ``filter`` are returned.
-        - ``get(ids)``: the records that exist, in the order asked; missing ids are left out.
+        - ``get(ids)``: the records that exist, in the order asked; missing ids are left out
+          and a repeated id gives its record once.
         - ``delete(ids)``: removes those that exist; returns how many were removed.
         - ``scan(batch_size)``: every record exactly once, in batches (order unspecified;
           concurrent writes may or may not be seen).

@@ -27,11 +27,15 @@ def check_same_schema(existing: Schema, wanted: Schema, where: str) -> None:
     if existing.dim != wanted.dim:
         problems.append(f"dim {existing.dim} (stored) vs {wanted.dim} (requested)")
     if existing.identity != wanted.identity:
-        problems.append(f"embedder {existing.identity!r} (stored) vs {wanted.identity!r} (requested)")
+        problems.append(
+            f"embedder {existing.identity!r} (stored) vs {wanted.identity!r} (requested)"
+        )
     if existing.metric != wanted.metric:
         problems.append(f"metric {existing.metric!r} (stored) vs {wanted.metric!r} (requested)")
     if existing.fields != wanted.fields:
-        problems.append(f"fields {list(existing.fields)} (stored) vs {list(wanted.fields)} (requested)")
+        problems.append(
+            f"fields {list(existing.fields)} (stored) vs {list(wanted.fields)} (requested)"
+        )
     if problems:
         raise SchemaMismatchError(
             f"{where} was created with another schema: {'; '.join(problems)}. "
@@ -94,7 +98,12 @@ def check_search_args(vectors: NDArray[Any], k: int, schema: Schema) -> NDArray[
         )
     if not np.isfinite(q).all():
         raise ConfigurationError("query vector contains NaN or infinity")
-    return q
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ConfigurationError("query vector is all zeros: it has no direction to compare")
+    # Scores are cosine similarity for any query length, as in backends that normalise.
+    unit: NDArray[np.float32] = (q / norms).astype(np.float32, copy=False)
+    return unit
 
 
 def top_k(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
@@ -138,7 +147,9 @@ class ExactIndex:
             grown[: self._size] = self._matrix[: self._size]
             self._matrix = grown
 
-    def upsert(self, ids: Sequence[str], matrix: NDArray[np.float32], metadata: Sequence[Mapping[str, Any]]) -> None:
+    def upsert(
+        self, ids: Sequence[str], matrix: NDArray[np.float32], metadata: Sequence[Mapping[str, Any]]
+    ) -> None:
         self._reserve(len(ids))
         for rid, vec, meta in zip(ids, matrix, metadata):
             row = self.rows.get(rid)
@@ -199,7 +210,9 @@ class ExactIndex:
             rows = best if candidates is None else candidates[best]
             results.append(
                 [
-                    Hit.from_metadata(self.ids[r], float(np.clip(column[b], -1.0, 1.0)), self.metadata[r])
+                    Hit.from_metadata(
+                        self.ids[r], float(np.clip(column[b], -1.0, 1.0)), self.metadata[r]
+                    )
                     for r, b in zip(rows, best)
                 ]
             )

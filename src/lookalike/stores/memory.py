@@ -69,7 +69,7 @@ class InMemoryStore:
         with self._lock:
             require_schema(self._schema, "this InMemoryStore")
             assert self._index is not None
-            return self._index.get(list(ids))
+            return self._index.get(list(dict.fromkeys(ids)))  # each record once, as asked
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
