@@ -68,13 +68,25 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
 
 def open_index(args: argparse.Namespace, *, for_writing: bool = False) -> ImageSearchIndex:
     """An index from the shared options; the embedder defaults to the one that built the store."""
-    store = open_store(args.store)
+    store = open_store(args.store) if for_writing else _open_existing(args.store)
     try:
         embedder = _choose_embedder(args, store, for_writing)
     except BaseException:
         store.close()
         raise
     return ImageSearchIndex(embedder=embedder, store=store)
+
+
+def _open_existing(spec: str | None) -> VectorStore:
+    """Open a store that must exist already: reading commands never create a store file."""
+    text = os.fspath(spec) if spec is not None else str(default_store_path())
+    if text not in ("memory", "memory:") and "://" not in text:
+        path = Path(text[len("local:"):] if text.startswith("local:") else text).expanduser()
+        if not path.exists():
+            raise ConfigurationError(
+                f"no index at {path}: run 'lookalike index' first or pass --store"
+            )
+    return open_store(spec)
 
 
 def _choose_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:
@@ -196,7 +208,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    store = _open_existing(args.store)
     try:
         schema = store.describe()
         info = {
@@ -225,7 +237,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     ids = list(args.ids) + [path_id(p) for p in args.path]
     if not ids:
         raise ConfigurationError("give ids to delete, or --path FILE")
-    store = open_store(args.store)
+    store = _open_existing(args.store)
     try:
         removed = store.delete(ids) if store.describe() is not None else 0
     finally:
@@ -238,12 +250,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    store = _open_existing(args.store)
     try:
         check = getattr(store, "check", None)
         if check is None:
             raise ConfigurationError(f"{store!r} has no integrity check")
-        problems: list[str] = check()
+        problems: list[str] = check(rebuild=True) if args.rebuild else check()
     finally:
         store.close()
     if args.json:
@@ -256,7 +268,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_copy(args: argparse.Namespace) -> int:
     from .stores.transfer import copy_store
 
-    source = open_store(args.source)
+    source = _open_existing(args.source)
     try:
         target = open_store(args.target)
         try:
@@ -320,8 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("check", help="verify a local store's integrity")
+    p = sub.add_parser(
+        "check", help="verify a local store's integrity and repair its derived search index"
+    )
     _store_option(p)
+    p.add_argument(
+        "--rebuild", action="store_true", help="rebuild the derived index even when it looks sound"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_check)
 

@@ -156,4 +156,4 @@ def _open_tencent(url: str, **options: Any) -> VectorStore:
     if parts.username:
         kwargs["username"] = unquote(parts.username)
     kwargs.update(options)
-    return TencentVectorStore(f"{scheme}://{parts.hostname}{port}", **kwargs)  # type: ignore[no-any-return]
+    return TencentVectorStore(f"{scheme}://{parts.hostname}{port}", **kwargs)

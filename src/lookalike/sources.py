@@ -103,7 +103,9 @@ def from_dir(
 
 def from_glob(pattern: str, *, extensions: Iterable[str] | None = IMAGE_EXTENSIONS) -> Source[Path]:
     """Files matching a glob pattern (``**`` recurses), sorted; by default image files only."""
-    exts = None if extensions is None else frozenset(e.lower() for e in extensions)
+    exts = None if extensions is None else frozenset(
+        e.lower() if e.startswith(".") else "." + e.lower() for e in extensions
+    )
     expanded = os.path.expanduser(pattern)
 
     def matches() -> Iterator[Path]:

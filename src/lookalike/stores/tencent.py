@@ -193,7 +193,9 @@ class TencentVectorStore:
         _check_int("retries", retries, 0)
         _check_int("pool_size", pool_size, 1)
         if not timeout > 0:
-            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise ConfigurationError(
+                f"timeout must be a positive number of seconds, got {timeout!r}"
+            )
         if backoff < 0 or max_backoff < 0:
             raise ConfigurationError("backoff and max_backoff must be >= 0 seconds")
         self.shards, self.replicas = shards, replicas
@@ -307,10 +309,14 @@ class TencentVectorStore:
         ):
             return ConfigurationError(f"{where}: invalid URL or header for {action}: {detail}")
         if isinstance(exc, requests.exceptions.InvalidJSONError):
-            return ConfigurationError(f"{where}: {action}: a value cannot be sent as JSON: {detail}")
+            return ConfigurationError(
+                f"{where}: {action}: a value cannot be sent as JSON: {detail}"
+            )
         if isinstance(exc, sdk_errors.VectorDBException):
             lowered = detail.lower()
-            if code in (401, 403) or any(w in lowered for w in ("unauthori", "auth fail", "forbidden")):
+            if code in (401, 403) or any(
+                w in lowered for w in ("unauthori", "auth fail", "forbidden")
+            ):
                 return ConfigurationError(
                     f"{where}: the service refused the credentials of user {self.username!r} "
                     f"during {action}: {detail}. Check the username and {KEY_ENV}."
@@ -331,9 +337,13 @@ class TencentVectorStore:
                     backend=_BACKEND,
                     code=code,
                 )
-            return StoreError(f"{where}: {action} failed{tries}: {detail}", backend=_BACKEND, code=code)
+            return StoreError(
+                f"{where}: {action} failed{tries}: {detail}", backend=_BACKEND, code=code
+            )
         return StoreError(
-            f"{where}: {action} failed{tries}: {type(exc).__name__}: {detail}", backend=_BACKEND, code=code
+            f"{where}: {action} failed{tries}: {type(exc).__name__}: {detail}",
+            backend=_BACKEND,
+            code=code,
         )
 
     @contextlib.contextmanager
@@ -382,11 +392,17 @@ class TencentVectorStore:
                 raise
             except Exception as exc:
                 if attempt < self.retries and self._is_transient(exc):
-                    delay = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+                    delay = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(
+                        0.5, 1.0
+                    )
                     logger.warning(
                         "%s: %s failed (%s); retry %d of %d in %.2fs",
-                        self._where, action, self._scrub(_describe(exc))[:200],
-                        attempt + 1, self.retries, delay,
+                        self._where,
+                        action,
+                        self._scrub(_describe(exc))[:200],
+                        attempt + 1,
+                        self.retries,
+                        delay,
                     )
                     time.sleep(delay)
                     continue
@@ -396,7 +412,9 @@ class TencentVectorStore:
 
     def _op(self, action: str, method: str, **kwargs: Any) -> Any:
         """``client.<method>(database, collection, **kwargs)`` through :meth:`_call`."""
-        return self._call(action, lambda c: getattr(c, method)(self.database, self.collection, **kwargs))
+        return self._call(
+            action, lambda c: getattr(c, method)(self.database, self.collection, **kwargs)
+        )
 
     # -- schema ----------------------------------------------------------------------------
     def _index(self, schema: Schema) -> Any:
@@ -428,7 +446,8 @@ class TencentVectorStore:
             return
         sdk_errors = self._sdk.exceptions
         description = json.dumps(
-            {_DESCRIPTION_KEY: _DESCRIPTION_VERSION, "schema": schema.to_dict()}, separators=(",", ":")
+            {_DESCRIPTION_KEY: _DESCRIPTION_VERSION, "schema": schema.to_dict()},
+            separators=(",", ":"),
         )
 
         def create_database(client: Any) -> None:
@@ -460,7 +479,9 @@ class TencentVectorStore:
             return
         existing = self.describe()
         if existing is None:
-            raise StoreError(f"{self._where}: the collection could not be created", backend=_BACKEND)
+            raise StoreError(
+                f"{self._where}: the collection could not be created", backend=_BACKEND
+            )
         check_same_schema(existing, schema, self._where)
 
     def describe(self) -> Schema | None:
@@ -595,7 +616,9 @@ class TencentVectorStore:
         found: dict[str, Record] = {}
         for start in range(0, len(wanted), MAX_IDS_PER_REQUEST):
             chunk = wanted[start : start + MAX_IDS_PER_REQUEST]
-            docs = self._op("get", "query", document_ids=chunk, retrieve_vector=True, limit=len(chunk))
+            docs = self._op(
+                "get", "query", document_ids=chunk, retrieve_vector=True, limit=len(chunk)
+            )
             for doc in docs or []:
                 record = _record(doc)
                 found[record.id] = record
@@ -613,7 +636,11 @@ class TencentVectorStore:
         for start in range(0, len(wanted), MAX_IDS_PER_REQUEST):
             chunk = wanted[start : start + MAX_IDS_PER_REQUEST]
             docs = self._op(
-                "delete (lookup)", "query", document_ids=chunk, output_fields=["id"], limit=len(chunk)
+                "delete (lookup)",
+                "query",
+                document_ids=chunk,
+                output_fields=["id"],
+                limit=len(chunk),
             )
             present = [str(d["id"]) for d in docs or [] if d.get("id") in chunk]
             if present:
@@ -701,7 +728,12 @@ def _check_url(url: str) -> str:
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high and value > high)
+    ):
         bounds = f"between {low} and {high}" if high else f">= {low}"
         raise ConfigurationError(f"{name} must be an integer {bounds}, got {value!r}")
 
@@ -762,7 +794,9 @@ def filter_expression(filter: NormalizedFilter | None) -> str:
     for name, values in filter.items():
         tokens = list(dict.fromkeys(filter_token(v) for v in values))
         quoted = [f'"{t}"' for t in tokens]  # tokens never contain '"' or '\\'
-        clauses.append(f"{name} = {quoted[0]}" if len(quoted) == 1 else f"{name} in ({', '.join(quoted)})")
+        clauses.append(
+            f"{name} = {quoted[0]}" if len(quoted) == 1 else f"{name} in ({', '.join(quoted)})"
+        )
     return " and ".join(clauses)
 
 
