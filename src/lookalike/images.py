@@ -58,6 +58,9 @@ def describe_source(image: object) -> str:
         return os.fspath(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
         return f"<{len(image)} bytes>"
+    filename = getattr(image, "filename", None)  # a PIL image opened from a file
+    if isinstance(filename, str) and filename:
+        return filename
     return f"<{type(image).__name__}>"
 
 
@@ -122,7 +125,9 @@ def decode_image(
         raise ImageLoadError(name, "empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89 MP; max_pixels (default: Pillow's own 179 MP hard limit)
+            # decides instead, so large real photos (e.g. 102 MP) still load.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(encoded.data))
             width, height = img.size
             if width * height > max_pixels:
@@ -156,6 +161,13 @@ def _to_rgb(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
         raise ImageLoadError(name, f"{width}x{height} pixels exceeds the limit of {max_pixels}")
     if width == 0 or height == 0:
         raise ImageLoadError(name, "image has no pixels")
+    try:
+        img.load()  # a PIL image opened lazily by the caller may still be truncated or damaged
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = "truncated file (" + reason + ")"
+        raise ImageLoadError(name, f"cannot decode: {reason}") from None
     if getattr(img, "is_animated", False):
         img.seek(0)  # animated GIF/WebP/APNG: the first frame stands for the image
     try:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigurationError, ImageLoadError, NotFoundError, SchemaMismatchError
+from .errors import (
+    ConfigurationError,
+    ImageLoadError,
+    ImageSearchError,
+    NotFoundError,
+    SchemaMismatchError,
+)
 from .images import (
     ImageBytes,
     decode_image,
@@ -86,8 +93,10 @@ class ImageSearchIndex:
             built on first use (it downloads its weights once; see the offline docs).
         store: keeps the vectors. Default: a fresh :class:`~lookalike.stores.InMemoryStore`.
         batch_size: images embedded per batch in :meth:`add_many`.
-        workers: threads that read and decode images while the model runs
-            (default: the number of CPUs, at most 8).
+        workers: threads that read, hash, decode and resize images while the model
+            runs (default: the number of CPUs, at most 8). Embedders that offer
+            ``prepare(image)`` and ``embed_prepared(list)`` (the torch ones) get their
+            per-image preprocessing run in these threads too.
 
     >>> from lookalike import ImageSearchIndex
     >>> from lookalike.embedders import FakeEmbedder
@@ -106,6 +115,8 @@ class ImageSearchIndex:
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ConfigurationError(f"workers must be a positive int or None, got {workers!r}")
         self._embedder = embedder
         self._store = store
         self.batch_size = batch_size
@@ -249,11 +260,12 @@ class ImageSearchIndex:
         """
         if on_error not in ("skip", "raise"):
             raise ConfigurationError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else batch_size
         if not isinstance(size, int) or size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {size!r}")
         self._writable_schema()
         total = _length(images)
+        _check_lengths(total, ids, metadata)  # before anything is stored, when we can
         report = AddReport()
         started = time.perf_counter()
         pending = self._pending_items(images, ids, metadata)
@@ -261,14 +273,49 @@ class ImageSearchIndex:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
-        try:
-            for chunk in self._prepared_chunks(pending, size):
-                self._store_chunk(chunk, report, seen, on_error)
-                bar.update(len(chunk.items))
-        finally:
-            bar.close()
-            report.seconds = time.perf_counter() - started
+        # Three stages run at once: the producer thread reads, hashes and decodes chunk
+        # N+2 (with `workers` threads), this thread embeds chunk N+1, and the writer
+        # thread upserts chunk N. At most one write is in flight, so report order is
+        # input order and a failure leaves every earlier batch stored.
+        writing: tuple[Future[None], list[tuple[str, str]], int] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-store") as writer, \
+                contextlib.closing(self._prepared_chunks(pending, size)) as chunks:
+            try:
+                for chunk in chunks:
+                    records, outcome = self._embed_chunk(chunk, report, seen, on_error)
+                    n_items = len(chunk.items)
+                    del chunk
+                    if writing is not None:
+                        self._finish_write(writing, report, bar)
+                        writing = None
+                    if records:
+                        future = writer.submit(self.store.upsert, _last_wins(records))
+                        writing = (future, outcome, n_items)
+                    else:
+                        self._record_outcome(outcome, report)
+                        bar.update(n_items)
+                if writing is not None:
+                    self._finish_write(writing, report, bar)
+                    writing = None
+            finally:
+                if writing is not None:  # an error above: let the batch in flight land first
+                    writing[0].exception()
+                bar.close()
+                report.seconds = time.perf_counter() - started
         return report
+
+    @staticmethod
+    def _record_outcome(outcome: list[tuple[str, str]], report: AddReport) -> None:
+        for kind, rid in outcome:
+            (report.updated if kind == "updated" else report.added).append(rid)
+
+    def _finish_write(
+        self, writing: tuple[Future[None], list[tuple[str, str]], int], report: AddReport, bar: Any
+    ) -> None:
+        future, outcome, n_items = writing
+        future.result()  # re-raises the store's error, if any
+        self._record_outcome(outcome, report)
+        bar.update(n_items)
 
     def _pending_items(
         self,
@@ -336,23 +383,37 @@ class ImageSearchIndex:
                 item.id = path_id(image)
 
     def _decode(self, item: _Pending) -> None:
-        if item.error is not None or item.image is not None or item.encoded is None:
+        """Decode, then run the embedder's per-image preprocessing (in a worker thread).
+
+        Embedders with ``prepare(image)`` and ``embed_prepared(list)`` (the torch ones)
+        get their resize/crop done here, in parallel, so the model thread only stacks
+        ready arrays; others receive decoded ``PIL.Image`` objects in ``embed``.
+        """
+        if item.error is not None:
             return
-        try:
-            item.image = decode_image(item.encoded, min_size=getattr(self.embedder, "image_size", None))
-        except ImageLoadError as exc:
-            item.error = exc.reason
-        finally:
-            item.encoded = None
-        preprocess = getattr(self.embedder, "preprocess", None)
-        if item.image is not None and callable(preprocess) and hasattr(self.embedder, "embed_tensor"):
+        if item.image is None:
+            if item.encoded is None:
+                return
             try:
-                item.tensor = preprocess(item.image)
+                item.image = decode_image(
+                    item.encoded, min_size=getattr(self.embedder, "image_size", None)
+                )
+            except ImageLoadError as exc:
+                item.error = exc.reason
+                return
+            finally:
+                item.encoded = None
+        prepare = _prepare_hook(self.embedder)
+        if prepare is not None:
+            try:
+                item.tensor = prepare(item.image)
                 item.image = None
-            except Exception as exc:  # a model input the preprocessing cannot handle
+            except ImageSearchError:  # the model itself failed (e.g. no weights): not this image
+                raise
+            except Exception as exc:  # an image the model's preprocessing cannot handle
                 item.error = f"cannot preprocess: {exc}"
 
-    def _prepared_chunks(self, pending: Iterator[_Pending], size: int) -> Iterator[_Chunk]:
+    def _prepared_chunks(self, pending: Iterator[_Pending], size: int) -> Generator[_Chunk, None, None]:
         """Read, look up and decode chunks in background threads, one chunk ahead."""
         store = self.store
         done: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=2)
@@ -370,8 +431,9 @@ class ImageSearchIndex:
                     for p in chunk.items:
                         p.existing = existing.get(p.id or "")
                         if p.existing is not None and p.error is None and _same_content(p, p.existing):
-                            p.encoded = None  # unchanged content: no need to decode
-                    list(pool.map(self._decode, [p for p in chunk.items if p.encoded is not None]))
+                            p.encoded = p.image = None  # unchanged content: no need to decode
+                    todo = [p for p in chunk.items if p.encoded is not None or p.image is not None]
+                    list(pool.map(self._decode, todo))
                     while not stop.is_set():
                         try:
                             done.put(chunk, timeout=0.1)
@@ -403,7 +465,10 @@ class ImageSearchIndex:
                         pass
                 producer.join()
 
-    def _store_chunk(self, chunk: _Chunk, report: AddReport, seen: set[str], on_error: str) -> None:
+    def _embed_chunk(
+        self, chunk: _Chunk, report: AddReport, seen: set[str], on_error: str
+    ) -> tuple[list[Record], list[tuple[str, str]]]:
+        """Sort a chunk into failed / unchanged / to embed; embed; return records to write."""
         to_embed: list[_Pending] = []
         records: list[Record] = []
         outcome: list[tuple[str, str]] = []
@@ -431,23 +496,25 @@ class ImageSearchIndex:
                 assert p.id is not None
                 records.append(Record(p.id, vec, p.metadata))
                 outcome.append(("updated" if p.existed else "added", p.id))
-        if records:
-            self.store.upsert(_last_wins(records))
-        for kind, rid in outcome:
-            (report.updated if kind == "updated" else report.added).append(rid)
+        return records, outcome
 
     def _embed_items(self, items: list[_Pending]) -> NDArray[np.float32]:
         embedder = self.embedder
-        if all(p.tensor is not None for p in items) and hasattr(embedder, "embed_tensor"):
-            import torch
-
-            vectors = embedder.embed_tensor(torch.stack([p.tensor for p in items]))
-        else:
-            vectors = embedder.embed([p.image for p in items if p.image is not None])
+        prepared = [i for i, p in enumerate(items) if p.tensor is not None]
+        plain = [i for i, p in enumerate(items) if p.tensor is None]
+        out = np.empty((len(items), embedder.dim), dtype=np.float32)
+        if prepared:
+            embed_prepared = getattr(embedder, "embed_prepared")  # noqa: B009
+            vectors = embed_prepared([items[i].tensor for i in prepared])
+            out[prepared] = _check_vectors(vectors, len(prepared), embedder)
+        if plain:
+            images = [img for i in plain if (img := items[i].image) is not None]
+            vectors = embedder.embed(images)
+            out[plain] = _check_vectors(vectors, len(plain), embedder)
         for p in items:
             p.tensor = None
             p.image = None
-        return _check_vectors(vectors, len(items), embedder)
+        return out
 
     # -- searching ---------------------------------------------------------------------
     def search(self, query: QueryInput, k: int = 10, *, filter: Filter | None = None) -> list[Hit]:
@@ -473,8 +540,8 @@ class ImageSearchIndex:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ConfigurationError(f"k must be a positive integer, got {k!r}")
         query_list = list(queries)
+        schema = self._existing_schema()  # a store of another embedder fails before any work
         vectors = self.embed_queries(query_list)
-        schema = self._existing_schema()
         if schema is None or not query_list:
             return [[] for _ in query_list]
         return self.store.search(vectors, int(k), filter)
@@ -547,11 +614,28 @@ class ImageSearchIndex:
         return isinstance(id, str) and self._existing_schema() is not None and bool(self.store.get([id]))
 
 
+def _check_lengths(total: int | None, ids: Any, metadata: Any) -> None:
+    if total is None:
+        return
+    if ids is not None and not isinstance(ids, str) and len(ids) != total:
+        raise ConfigurationError(f"ids has {len(ids)} entries but there are {total} images")
+    if metadata is not None and not isinstance(metadata, Mapping) and len(metadata) != total:
+        raise ConfigurationError(f"metadata has {len(metadata)} entries but there are {total} images")
+
+
 def _length(images: Iterable[Any]) -> int | None:
     try:
         return len(images)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _prepare_hook(embedder: Embedder) -> Any:
+    """The embedder's ``prepare`` when it also has ``embed_prepared``, else ``None``."""
+    prepare = getattr(embedder, "prepare", None)
+    if callable(prepare) and callable(getattr(embedder, "embed_prepared", None)):
+        return prepare
+    return None
 
 
 def _is_pil(obj: object) -> bool:

