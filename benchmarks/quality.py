@@ -15,6 +15,7 @@ chosen on the folder splits (not on the Towhee split) with --grid.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -36,12 +37,13 @@ def normalise(x: Array) -> Array:
 
 def embed_all(paths: list[Path], name: str, cache: Path) -> tuple[Array, Array, float, float]:
     """Plain and flipped vectors for every path, cached; plus seconds per pass when computed."""
-    file = cache / f"{name.replace(':', '_').replace('/', '_')}.npz"
+    embedder = make_embedder(name, device="cpu", precision="fp32")
+    tag = hashlib.sha256(embedder.identity.encode()).hexdigest()[:12]  # new model, new cache
+    file = cache / f"{name.replace(':', '_').replace('/', '_')}-{tag}.npz"
     if file.exists():
         data = np.load(file)
         if list(data["paths"]) == [str(p) for p in paths]:
             return data["plain"], data["flip"], float(data["t_plain"]), float(data["t_flip"])
-    embedder = make_embedder(name, device="cpu")
     size = getattr(embedder, "image_size", None)
     out, times = [], []
     for flip in (False, True):

@@ -55,8 +55,8 @@ def _embedder_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     parser.add_argument(
-        "--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
-        help="model precision (default: fp32; auto uses bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA)",
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+        help="model precision (default: auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32)",
     )
 
 

@@ -250,6 +250,8 @@ class FakeTencentServer:
     @staticmethod
     def _send(req: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str) -> None:
         req.send_response(status)
+        if req.close_connection:  # say so, as a gateway does; a silent close races keep-alive reuse
+            req.send_header("Connection", "close")
         req.send_header("Content-Type", ctype)
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()

@@ -123,7 +123,8 @@ class TorchvisionEmbedder(TorchEmbedder):
             ``"vit_b_16"``, ``"convnext_tiny"``.
         weights: a weights name of that model (``"IMAGENET1K_V2"``, ``"DEFAULT"`` is
             resolved to its current name and pinned), a path to a ``state_dict`` file,
-            or ``None`` for random weights (for tests only; never chosen silently).
+            or ``None`` for random weights (seeded, so reproducible; for tests and chance-level
+            baselines only; never chosen silently).
         resize, crop: override the weights' preprocessing sizes.
         device, precision, batch_size: see :class:`TorchEmbedder`; ``precision``
             defaults to ``"auto"`` (bf16 on AMX / AVX512-BF16 CPUs, fp16 on CUDA).
@@ -155,7 +156,7 @@ class TorchvisionEmbedder(TorchEmbedder):
         self._weights_file: Path | None = None
         self._weights: Any = None
         if weights is None:
-            tag = "random-init"
+            tag = "random-init"  # seeded: see _load
             reference = weight_enum.DEFAULT
         elif isinstance(weights, os.PathLike) or (isinstance(weights, str) and _looks_like_path(weights)):
             self._weights_file = Path(weights).expanduser()
@@ -195,7 +196,12 @@ class TorchvisionEmbedder(TorchEmbedder):
 
     def _load(self) -> tuple[Any, Callable[[Image.Image], Any]]:
         tv = _import_torchvision(type(self).__name__)
-        model = tv.models.get_model(self.arch, weights=None)
+        torch = import_torch(type(self).__name__)
+        # Random weights are seeded, so "random-init" names one model and its vectors are
+        # reproducible; the caller's global RNG state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = tv.models.get_model(self.arch, weights=None)
         if self._weights is not None:
             state = self._download(self._weights)
             model.load_state_dict(state)
