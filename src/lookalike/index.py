@@ -479,9 +479,8 @@ class ImageSearchIndex:
                 report.failed.append(Failure(p.source, p.error, p.id))
                 continue
             assert p.id is not None
-            existed = p.existing is not None or p.id in seen
+            p.existed = p.existing is not None or p.id in seen
             seen.add(p.id)
-            p.existed = existed
             if p.existing is not None and _same_content(p, p.existing):
                 if dict(p.existing.metadata) == p.metadata:
                     report.unchanged.append(p.id)

@@ -92,9 +92,9 @@ def embedder_for_identity(identity: str, **options: Any) -> Embedder | None:
             weights = "none"
         if weights.startswith("file-"):
             return None  # needs the user's weights file: they must pass --embedder
-        if arch == "resnet50" and ":resize256-crop224-" in identity:
-            return make_embedder("resnet50-random" if weights == "none" else "resnet50", **options) \
-                if weights in ("none", "IMAGENET1K_V2") else make_embedder(f"resnet50:{weights}", **options)
+        if arch == "resnet50" and ":resize256-crop224-" in identity:  # ResNet50Embedder
+            name = {"none": "resnet50-random", "IMAGENET1K_V2": "resnet50"}.get(weights, f"resnet50:{weights}")
+            return make_embedder(name, **options)
         return make_embedder(f"torchvision:{arch}:{weights}", **options)
     return None
 

@@ -205,6 +205,19 @@ class _Mirror:
         self.dead = 0
 
 
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (one writer at a time)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class LocalStore:
     """A persistent store in one SQLite file; works with no server.
 
@@ -337,8 +350,7 @@ class LocalStore:
 
     @staticmethod
     def _create_or_migrate(conn: sqlite3.Connection, existing: bool) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < _FORMAT_VERSION:  # not done meanwhile by another process
                 if existing:  # format 1: rowids could be reused; rebuild the table
@@ -356,11 +368,6 @@ class LocalStore:
                 )
                 conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={_FORMAT_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:
@@ -403,15 +410,8 @@ class LocalStore:
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         db = self._db
-        with self._translate(action):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with self._translate(action), _write_transaction(db):
+            yield db
 
     @contextlib.contextmanager
     def _snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
