@@ -3,28 +3,35 @@
 In one process, on the same images:
 
 (a) the tutorial's loop, reproduced faithfully: one image at a time, the transform
-    rebuilt per call, autograd on, fp32, one single-record upsert per image;
+    rebuilt per call, autograd on, fp32, one single-record upsert per image (on a GPU
+    machine its model is moved to the GPU);
 (b) the ResNet50 forward alone (already preprocessed tensors, inference mode,
     channels_last) at the best batch size and precision (a short sweep): the ceiling;
 (c) ``ImageSearchIndex.add_many`` into a fresh ``LocalStore``, end to end (read, hash,
-    decode, preprocess, embed, store), once per ``--precision``.
+    decode, preprocess, embed, store), once per ``--precision`` and per ``--configs``;
+(d) with ``--decode-ceiling``: the same per-image reading and decoding with no model, in
+    add_many's worker threads and in one process per CPU (what the CPUs can feed).
 
 The images are split in ``--rounds`` slices and every variant runs on each slice back to
 back, so the shared machine's noise hits all variants alike. Prints img/s (median over
-rounds) and peak RSS for each and the ratios (c)/(a), (c)/(b); writes JSON.
+rounds) and peak RSS for each and the ratios (c)/(a), (c)/(b), (c)/(d); writes JSON.
 ResNet50 uses random weights (same FLOPs as IMAGENET1K_V2, which cannot be downloaded
-here). Example::
+here). Examples::
 
     .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search --n 300
     # what docs/performance.md records: + 12 MP copies of the same images + a 3,000-image stream
     .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search/train \
         --n 300 --make-large /tmp/jpeg12mp --memory-stream 3000
+    # on a GPU machine (docs/performance.md, "On a GPU")
+    python benchmarks/embed_throughput.py --images DIR --n 300 --copies 20 --tutorial-n 100 \
+        --decode-ceiling --make-large /tmp/large --memory-stream 20000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -43,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lookalike import ImageSearchIndex  # noqa: E402
 from lookalike.embedders._torch import cpu_has_native_bf16  # noqa: E402
 from lookalike.images import IMAGE_EXTENSIONS  # noqa: E402
+from lookalike.index import default_workers  # noqa: E402
 from lookalike.stores.local import LocalStore  # noqa: E402
 from lookalike.types import Record, Schema  # noqa: E402
 
@@ -93,33 +101,60 @@ def list_images(root: Path, n: int) -> list[Path]:
     return [files[i % len(files)] for i in range(n)] if len(files) < n else files[:n]
 
 
-def make_large(src: list[Path], out: Path, megapixels: float = 12.0) -> None:
-    """Upscale each image to about 12 MP and save it as a quality-90 JPEG (a camera-size file)."""
+def _make_one_large(job: tuple[Path, Path, float]) -> None:
     from PIL import Image
 
+    src, target, megapixels = job
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        scale = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
+        size = (round(im.width * scale), round(im.height * scale))
+        im.resize(size, Image.Resampling.BICUBIC).save(target, quality=90)
+
+
+def make_large(src: list[Path], out: Path, megapixels: float = 12.0) -> None:
+    """Upscale each image to about 12 MP and save it as a quality-90 JPEG (a camera-size file)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     out.mkdir(parents=True, exist_ok=True)
-    for i, p in enumerate(src):
-        target = out / f"{i:05d}_{p.stem}.jpg"
-        if target.exists():
-            continue
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            scale = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
-            size = (round(im.width * scale), round(im.height * scale))
-            im.resize(size, Image.Resampling.BICUBIC).save(target, quality=90)
+    jobs = [(p, out / f"{i:05d}_{p.stem}.jpg", megapixels) for i, p in enumerate(src)]
+    jobs = [j for j in jobs if not j[1].exists()]
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(_make_one_large, jobs, chunksize=4))
+
+
+def with_copies(paths: list[Path], copies: int, into: Path) -> list[Path]:
+    """``copies`` hard links of every file under distinct paths (distinct ids, same bytes),
+    for machines that embed the data set faster than a benchmark can time it."""
+    if copies <= 1:
+        return paths
+    out = []
+    for c in range(copies):
+        folder = into / f"copy{c:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(paths):
+            target = folder / f"{i:05d}_{p.name}"
+            if not target.exists():
+                try:
+                    os.link(p, target)
+                except OSError:  # another file system: copy
+                    target.write_bytes(p.read_bytes())
+            out.append(target)
+    return out
 
 
 # -- (a) the tutorial ---------------------------------------------------------------------
 class Tutorial:
     """The tutorial's code path, image by image (only the vector DB is our LocalStore)."""
 
-    def __init__(self, store_dir: Path) -> None:
+    def __init__(self, store_dir: Path, device: str, limit: int | None) -> None:
         import torch
         import torchvision.models as models
 
+        self.device, self.limit = device, limit
         self.model = models.resnet50(weights=None)  # tutorial: weights=ResNet50_Weights.IMAGENET1K_V2
         self.model.fc = torch.nn.Identity()
-        self.model.eval()
+        self.model.eval().to(device)  # the tutorial runs on the CPU; on a GPU machine, moved there
         self.store = LocalStore(store_dir / "tutorial.lookalike")
         self.store.create_schema(Schema(dim=2048, identity="tutorial", fields=("path",)))
 
@@ -134,12 +169,14 @@ class Tutorial:
             transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
         ])
         img = Image.open(path).convert("RGB")
-        tensor = transform(img).unsqueeze(0)
+        tensor = transform(img).unsqueeze(0).to(self.device)
         features = self.model(tensor)  # autograd on, fp32, batch of one
-        vector: list[float] = features.squeeze().detach().numpy().tolist()
+        vector: list[float] = features.squeeze().detach().cpu().numpy().tolist()
         return vector
 
     def run(self, paths: list[Path]) -> float:
+        paths = paths[: self.limit] if self.limit else paths
+        self.last_n = len(paths)
         started = time.perf_counter()
         for p in paths:
             vec = np.asarray(self.extract_features(p), dtype=np.float32)
@@ -152,41 +189,52 @@ class Tutorial:
 class Ceiling:
     """ResNet50 forward alone on ready tensors: inference mode, channels_last, best batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str) -> None:
         import torch
         import torchvision.models as models
 
         model = models.resnet50(weights=None)
         model.fc = torch.nn.Identity()
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.precision, self.batch = "fp32", 32
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def rate(self, batch: int, precision: str, n: int) -> float:
         import torch
 
-        x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-        dtype = {"bf16": torch.bfloat16}.get(precision)
+        x = torch.randn(batch, 3, 224, 224, device=self.device).contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
         def step() -> None:
             with torch.inference_mode():
                 if dtype is None:
                     self.model(x)
                 else:
-                    with torch.autocast("cpu", dtype=dtype):
+                    with torch.autocast(self.device.type, dtype=dtype):
                         self.model(x)
 
-        step()  # warm-up
+        for _ in range(3 if self.device.type == "cuda" else 1):  # warm-up
+            step()
+        self._sync()
         steps = max(1, round(n / batch))
         started = time.perf_counter()
         for _ in range(steps):
             step()
+        self._sync()
         return steps * batch / (time.perf_counter() - started)
 
     def sweep(self, batches: list[int], precisions: list[str]) -> dict[str, float]:
         found = {}
         for precision in precisions:
             for batch in batches:
-                found[f"{precision}/b{batch}"] = self.rate(batch, precision, max(2 * batch, 64))
+                n = max(2 * batch, 64) if self.device.type == "cpu" else max(8 * batch, 2048)
+                found[f"{precision}/b{batch}"] = self.rate(batch, precision, n)
                 print(f"  (b) sweep {precision} batch {batch}: {found[f'{precision}/b{batch}']:.1f} img/s",
                       flush=True)
         best = max(found, key=lambda k: found[k])
@@ -195,7 +243,45 @@ class Ceiling:
         return found
 
     def run(self, paths: list[Path]) -> float:
-        return self.rate(self.batch, self.precision, len(paths))
+        n = len(paths) if self.device.type == "cpu" else max(len(paths), 8 * self.batch)
+        self.last_n = max(1, round(n / self.batch)) * self.batch
+        return self.rate(self.batch, self.precision, n)
+
+
+# -- (d) the decode ceiling -----------------------------------------------------------
+def _decode_one(path: Path) -> int:
+    from lookalike.embedders._torch import ImagePreprocess
+    from lookalike.images import decode_image, read_image_bytes
+
+    global _PREPROCESS
+    if _PREPROCESS is None:
+        _PREPROCESS = ImagePreprocess(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    encoded = read_image_bytes(path)
+    encoded.sha256  # noqa: B018  (add_many hashes every file)
+    return int(_PREPROCESS.pixels(decode_image(encoded, min_size=256)).shape[0])
+
+
+_PREPROCESS: Any = None
+
+
+class DecodeCeiling:
+    """What the CPUs can read, hash, decode, resize and crop with no model at all: the same
+    per-image work as add_many's workers, in a thread pool of ``workers`` (as add_many) and
+    in one process per CPU (no GIL: the machine's true ceiling)."""
+
+    def __init__(self, workers: int, processes: bool) -> None:
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+        self.workers = workers
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process running CUDA threads
+        self.pool: Any = (ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=spawn) if processes
+                          else ThreadPoolExecutor(max_workers=workers))
+
+    def run(self, paths: list[Path]) -> float:
+        list(self.pool.map(_decode_one, paths[: 4 * (os.cpu_count() or 1)]))  # warm the pool
+        started = time.perf_counter()
+        list(self.pool.map(_decode_one, paths, chunksize=4))
+        return len(paths) / (time.perf_counter() - started)
 
 
 # -- (c) add_many -------------------------------------------------------------------------
@@ -203,24 +289,29 @@ class AddMany:
     """``ImageSearchIndex.add_many`` of paths into a new LocalStore, end to end."""
 
     def __init__(self, store_dir: Path, precision: str, batch: int, workers: int | None,
-                 model_batch: int | None) -> None:
+                 model_batch: int | None, device: str = "auto", processes: bool = False,
+                 cuda_graphs: bool = True) -> None:
         from PIL import Image
 
         from lookalike.embedders import ResNet50Embedder
 
-        self.store_dir, self.batch, self.workers = store_dir, batch, workers
-        self.embedder = ResNet50Embedder(weights=None, precision=precision, batch_size=model_batch)
+        self.store_dir, self.batch, self.workers, self.processes = store_dir, batch, workers, processes
+        self.embedder = ResNet50Embedder(weights=None, precision=precision, batch_size=model_batch,
+                                         device=device)
+        self.embedder.cuda_graphs = cuda_graphs
         self.embedder.embed([Image.new("RGB", (256, 256))] * batch)  # build + warm up the model
 
     def run(self, paths: list[Path]) -> float:
         store = LocalStore(self.store_dir / f"c-{uuid.uuid4().hex[:8]}.lookalike")
         index = ImageSearchIndex(embedder=self.embedder, store=store, batch_size=self.batch,
-                                 workers=self.workers)
+                                 workers=self.workers, processes=self.processes)
         self.resolved_workers = index.workers
+        index.add_many(paths[:1])  # start the decode processes, if any (once per index)
         started = time.perf_counter()
-        report = index.add_many(iter(paths))  # an iterator: streamed, no len()
-        rate = len(paths) / (time.perf_counter() - started)
-        assert len(report.added) == len(set(paths)) and not report.failed, str(report)
+        report = index.add_many(iter(paths[1:]))  # an iterator: streamed, no len()
+        rate = (len(paths) - 1) / (time.perf_counter() - started)
+        self.used_processes = index._decoder is not None
+        assert len(report.added) == len(set(paths[1:])) and not report.failed, str(report)
         index.close()
         return rate
 
@@ -276,6 +367,19 @@ def main() -> None:
     ap.add_argument("--memory-stream", type=int, default=0, metavar="M",
                     help="then add_many M images (the --images cycled, distinct ids) with the first "
                     "--precision and report RSS along the stream")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda; for (a), (b), (c)")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="hard-link every image this many times under distinct paths (distinct ids), for "
+                    "GPU machines that embed --n images faster than they can be timed")
+    ap.add_argument("--tutorial-n", type=int, default=None,
+                    help="run (a) on at most this many images per round (it is the slowest by far)")
+    ap.add_argument("--configs", default="",
+                    help="extra (c) variants with the first --precision, comma list of "
+                    "CHUNK/MODEL_BATCH/WORKERS[/FLAGS] (e.g. 256/128/16/pe); 0 keeps a default; flags: p "
+                    "decode in processes (default: threads), e: no CUDA graphs")
+    ap.add_argument("--decode-ceiling", action="store_true",
+                    help="add (d): read + hash + decode + resize + crop with no model, in add_many's worker "
+                    "threads and in one process per CPU")
     ap.add_argument("--json", type=Path, default=None, help="where to write results "
                     "(default benchmarks/results/embed_throughput-<folder>.json)")
     args = ap.parse_args()
@@ -285,18 +389,25 @@ def main() -> None:
         make_large(paths, args.make_large)
         args.large = args.make_large
     large = list_images(args.large, args.n) if args.large is not None else []
+    links = Path(tempfile.mkdtemp(prefix="lookalike-copies-"))
+    paths = with_copies(paths, args.copies, links / "small")
+    large = with_copies(large, args.copies, links / "large")
     for p in paths + large:  # warm the page cache so every variant reads from memory
         p.read_bytes()
     import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     mean_bytes = float(np.mean([p.stat().st_size for p in paths]))
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "images": str(args.images),
-        "n": len(paths), "rounds": args.rounds, "mean_file_bytes": mean_bytes,
+        "n": len(paths), "copies": args.copies, "rounds": args.rounds, "mean_file_bytes": mean_bytes,
+        "device": device,
         "machine": {"cpus": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "cuda": torch.cuda.is_available(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "loadavg_start": os.getloadavg()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -307,18 +418,35 @@ def main() -> None:
         store_dir = Path(tmp)
         variants: dict[str, Any] = {}
         if not args.skip_tutorial:
-            variants["a_tutorial"] = Tutorial(store_dir)
+            variants["a_tutorial"] = Tutorial(store_dir, device, args.tutorial_n)
             variants["a_tutorial"].extract_features(paths[0])  # warm-up
-        ceiling = Ceiling()
-        precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
-        sweep = ceiling.sweep([8, 16, 32], precisions)
+        ceiling = Ceiling(device)
+        if device == "cpu":
+            precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+            sweep = ceiling.sweep([8, 16, 32], precisions)
+        else:
+            sweep = ceiling.sweep([64, 128, 256], ["fp16", "bf16"])
         variants["b_ceiling"] = ceiling
         for precision in args.precision.split(","):
             variants[f"c_add_many_{precision}"] = AddMany(store_dir, precision, args.batch, args.workers,
-                                                          args.model_batch)
-        first_c = f"c_add_many_{args.precision.split(',')[0]}"
+                                                          args.model_batch, device)
+        first_precision = args.precision.split(",")[0]
+        first_c = f"c_add_many_{first_precision}"
+        for config in filter(None, args.configs.split(",")):
+            chunk, model_batch, workers, *kind = config.split("/")
+            flags = kind[0] if kind else ""
+            processes = "p" in flags
+            variants[f"{first_c}_c{chunk}_m{model_batch}_w{workers}{flags}"] = AddMany(
+                store_dir, first_precision, int(chunk) or args.batch, int(workers) or args.workers,
+                int(model_batch) or args.model_batch, device, processes, cuda_graphs="e" not in flags)
+        if args.decode_ceiling:
+            workers = args.workers or default_workers()
+            variants["d_decode_threads"] = DecodeCeiling(workers, processes=False)
+            variants["d_decode_processes"] = DecodeCeiling(workers, processes=True)
         if large:
             variants[first_c + "_large"] = variants[first_c]
+            if args.decode_ceiling:
+                variants["d_decode_processes_large"] = variants["d_decode_processes"]
         rates: dict[str, list[float]] = {k: [] for k in variants}
         cpu_ms: dict[str, list[float]] = {k: [] for k in variants}
         proc = psutil.Process()
@@ -333,7 +461,7 @@ def main() -> None:
                     rates[key].append(variant.run(part))
                 cpu_after = proc.cpu_times()
                 used = (cpu_after.user + cpu_after.system) - (cpu.user + cpu.system)
-                cpu_ms[key].append(1000 * used / len(part))
+                cpu_ms[key].append(1000 * used / getattr(variant, "last_n", len(part)))
                 summary = mon.summary()
                 start_rss.setdefault(key, summary["rss_start_mib"])
                 peaks[key].append(summary["rss_peak_mib"])
@@ -352,8 +480,12 @@ def main() -> None:
                 row.update(precision=ceiling.precision, batch=ceiling.batch, sweep=sweep)
             if key.startswith("c_"):
                 row.update(resolved_precision=variant.embedder.precision, workers=variant.resolved_workers,
-                           batch=args.batch, model_batch=variant.embedder.batch_size)
-                for base, name in (("a_tutorial", "ratio_c_over_a"), ("b_ceiling", "ratio_c_over_b")):
+                           batch=variant.batch, model_batch=variant.embedder.batch_size,
+                           device=str(variant.embedder.device), processes=variant.used_processes,
+                           cuda_graphs=variant.embedder.cuda_graphs)
+                decode = "d_decode_processes" + ("_large" if key.endswith("_large") else "")
+                for base, name in (("a_tutorial", "ratio_c_over_a"), ("b_ceiling", "ratio_c_over_b"),
+                                   (decode, "ratio_c_over_d")):
                     if base in rates:  # ratio per round (same minute of machine noise), then median
                         row[name] = float(np.median([c / b for c, b in zip(rates[key], rates[base])]))
                 if key.endswith("_large"):
@@ -369,18 +501,19 @@ def main() -> None:
                   f"{got['rss_at_10pct_mib']:.0f} MiB, max after {got['rss_max_after_10pct_mib']:.0f} MiB, "
                   f"peak {got['rss_peak_mib']:.0f} MiB", flush=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
+    if device.startswith("cuda"):
+        results["machine"]["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
 
-    print(f"\n{'':22s}{'img/s':>8s}{'best':>7s}{'CPU-ms/img':>11s}{'peak RSS MiB':>14s}"
-          f"{'(c)/(a)':>9s}{'(c)/(b)':>9s}")
+    print(f"\n{'':40s}{'img/s':>8s}{'best':>8s}{'CPU-ms/img':>11s}{'peak RSS MiB':>14s}"
+          f"{'(c)/(a)':>9s}{'(c)/(b)':>9s}{'(c)/(d)':>9s}")
     for key, row in results.items():
         if not isinstance(row, dict) or "img_per_s_best" not in row:
             continue
-        ca, cb = row.get("ratio_c_over_a"), row.get("ratio_c_over_b")
+        ratios = [row.get(f"ratio_c_over_{x}") for x in "abd"]
         if "ratio_large_over_small" in row:
             key = f"{key} ({row['ratio_large_over_small']:.2f}x small)"
-        print(f"{key:22s}{row['img_per_s']:8.1f}{row['img_per_s_best']:7.1f}{row['cpu_ms_per_img']:11.0f}"
-              f"{row['rss_peak_mib']:14.0f}"
-              f"{'' if ca is None else f'{ca:9.2f}'}{'' if cb is None else f'{cb:9.2f}'}")
+        print(f"{key:40s}{row['img_per_s']:8.1f}{row['img_per_s_best']:8.1f}{row['cpu_ms_per_img']:11.0f}"
+              f"{row['rss_peak_mib']:14.0f}" + "".join("" if r is None else f"{r:9.2f}" for r in ratios))
     print("(median over rounds; ratios are medians of per-round ratios; "
           f"(b) = {ceiling.precision} batch {ceiling.batch})")
     out = args.json or Path(__file__).parent / "results" / f"embed_throughput-{Path(results['images']).name}.json"

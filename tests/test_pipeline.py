@@ -177,8 +177,8 @@ def test_memory_stays_bounded_on_a_long_stream() -> None:
     index = ImageSearchIndex(embedder=PreparingEmbedder(), store=store, workers=4, batch_size=batch)
     report = index.add_many(stream())
     assert len(report.added) == 3000 and store.count() == 3000
-    # producer chunk + 2 queued + 1 embedding + 1 writing, plus the one being listed
-    assert state["max_ahead"] <= 6 * batch, state
+    # 2 chunks decoding + 2 queued + 1 embedding + 1 writing, plus the one being listed
+    assert state["max_ahead"] <= 7 * batch, state
     growth = state["rss_max"] - state["rss_after_warmup"]
     assert growth < 60 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB over 2,500 images"
 
@@ -325,3 +325,79 @@ def test_torch_embedder_prepared_path_matches_embed() -> None:
     report = index.add_many(images, ids=[str(i) for i in range(7)])
     stored = {r.id: r.vector for r in index.store.get(report.added)}
     np.testing.assert_allclose(np.stack([stored[str(i)] for i in range(7)]), via_embed, atol=1e-6)
+
+
+@pytest.mark.parametrize("embedder_cls", [FakeEmbedder, PreparingEmbedder])
+def test_decoding_in_processes_gives_the_same_result_as_threads(
+    tmp_path: Path, embedder_cls: type[FakeEmbedder]
+) -> None:
+    """processes=True: same ids, vectors and failures as threads (children return decoded
+    images to embedders without a picklable ``process_prepare``)."""
+    inputs, _ = _mixed_inputs(tmp_path, 30)
+    results = {}
+    for processes in (False, True):
+        index = ImageSearchIndex(embedder=embedder_cls(), store=InMemoryStore(), workers=2,
+                                 batch_size=4, processes=processes)
+        report = index.add_many(inputs)
+        assert (index._decoder is not None) == processes
+        results[processes] = (report.added, [(f.source, f.reason) for f in report.failed],
+                              {rid: index.get(rid).vector for rid in report.added})
+        index.close()
+        assert index._decoder is None
+    assert results[True][:2] == results[False][:2]
+    for rid, vector in results[False][2].items():
+        np.testing.assert_array_equal(results[True][2][rid], vector)
+
+
+def test_torch_embedders_prepare_in_processes_without_torch(tmp_path: Path) -> None:
+    """The torch embedders hand a picklable, torch-free ``prepare`` to the processes:
+    vectors equal the in-thread ones exactly."""
+    pytest.importorskip("torchvision")
+    from lookalike.embedders import ResNet50Embedder
+
+    embedder = ResNet50Embedder(weights=None, precision="fp32")
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.jpg")
+        make_image(i, size=(300, 200)).save(paths[-1])
+    prepare = embedder.process_prepare()
+    assert prepare is not None
+    import pickle
+    assert b"torch" not in pickle.dumps(prepare).replace(b"lookalike.embedders._torch", b"")
+    vectors = {}
+    for processes in (False, True):
+        index = ImageSearchIndex(embedder=embedder, store=InMemoryStore(), workers=2, processes=processes)
+        report = index.add_many(paths)
+        vectors[processes] = np.stack([index.get(rid).vector for rid in report.added])
+        index.close()
+    np.testing.assert_array_equal(vectors[True], vectors[False])
+
+
+def test_a_dead_decode_process_falls_back_to_threads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import signal
+
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"{i}.png")
+        make_image(i).save(paths[-1])
+    index = ImageSearchIndex(embedder=PreparingEmbedder(), store=InMemoryStore(), workers=2, processes=True)
+    assert len(index.add_many(paths[:4]).added) == 4
+    assert index._decoder is not None
+    for pid in list(index._decoder._pool._processes):  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGKILL)
+    with caplog.at_level("WARNING", logger="lookalike"):
+        report = _run_with_deadline(lambda: index.add_many(paths))
+    assert len(report.added) == 8 and len(report.unchanged) == 4 and not report.failed
+    assert "decoding in threads instead" in caplog.text
+    make_image(99).save(tmp_path / "new.png")
+    assert len(index.add_many([tmp_path / "new.png"]).added) == 1  # on a fresh pool
+    assert index._decoder is not None and not index._decoder.broken
+    index.close()
+
+
+def test_processes_must_be_a_bool_or_none() -> None:
+    from lookalike import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="processes"):
+        ImageSearchIndex(embedder=FakeEmbedder(), processes="yes")  # type: ignore[arg-type]

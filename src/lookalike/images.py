@@ -171,7 +171,8 @@ def _to_rgb(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
     if getattr(img, "is_animated", False):
         img.seek(0)  # animated GIF/WebP/APNG: the first frame stands for the image
     try:
-        img = ImageOps.exif_transpose(img) or img
+        if img.getexif().get(0x0112, 1) != 1:  # Orientation; exif_transpose copies even when 1
+            img = ImageOps.exif_transpose(img) or img
     except Exception:  # a broken EXIF block must not make a good picture unusable
         pass
     mode = img.mode

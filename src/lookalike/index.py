@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._processes import DecodeProcesses
 from .errors import (
     ConfigurationError,
     ImageLoadError,
@@ -56,9 +58,22 @@ __all__ = ["ImageSearchIndex", "path_id"]
 DEFAULT_FIELDS = ("path", "label")
 
 
+def default_workers() -> int:
+    """Decode threads by default: the CPUs this process may use, at most 32."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(32, cpus))
+
+
 def path_id(path: str | os.PathLike[str]) -> str:
     """The default id of an image file: derived from its absolute, resolved path."""
-    return hashlib.sha256(resolved_path(path).encode("utf-8")).hexdigest()[:32]
+    return _id_of_resolved(resolved_path(path))
+
+
+def _id_of_resolved(resolved: str) -> str:
+    return hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass
@@ -94,9 +109,15 @@ class ImageSearchIndex:
         store: keeps the vectors. Default: a fresh :class:`~lookalike.stores.InMemoryStore`.
         batch_size: images embedded per batch in :meth:`add_many`.
         workers: threads that read, hash, decode and resize images while the model
-            runs (default: the number of CPUs, at most 8). Embedders that offer
+            runs (default: the CPUs this process may use, at most 32). Embedders that offer
             ``prepare(image)`` and ``embed_prepared(list)`` (the torch ones) get their
             per-image preprocessing run in these threads too.
+        processes: decode and resize in ``workers`` worker processes (started with
+            ``spawn``, free of Python's GIL) instead of in the threads. Default
+            ``False``: on a 16-core H100 machine threads matched or beat processes end to
+            end, since the pixels' trip through pipes costs the parent as much GIL time
+            as it saves (docs/performance.md). A script that sets it needs the usual
+            ``if __name__ == "__main__":`` guard.
 
     >>> from lookalike import ImageSearchIndex
     >>> from lookalike.embedders import FakeEmbedder
@@ -112,15 +133,20 @@ class ImageSearchIndex:
         *,
         batch_size: int = 32,
         workers: int | None = None,
+        processes: bool = False,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ConfigurationError(f"workers must be a positive int or None, got {workers!r}")
+        if not isinstance(processes, bool):
+            raise ConfigurationError(f"processes must be True or False, got {processes!r}")
         self._embedder = embedder
         self._store = store
         self.batch_size = batch_size
-        self.workers = workers or max(1, min(8, os.cpu_count() or 1))
+        self.workers = workers or default_workers()
+        self.processes = processes
+        self._decoder: DecodeProcesses | None = None
         self._schema: Schema | None = None
 
     # -- components --------------------------------------------------------------------
@@ -146,9 +172,22 @@ class ImageSearchIndex:
         return f"ImageSearchIndex(embedder={embedder}, store={store})"
 
     def close(self) -> None:
-        """Close the store."""
+        """Close the store (and stop the decode processes, if any ran)."""
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
         if self._store is not None:
             self._store.close()
+
+    def _decode_processes(self) -> DecodeProcesses | None:
+        """The decode process pool (started on first use) when ``processes`` is set."""
+        if not self.processes:
+            return None
+        if self._decoder is None or self._decoder.broken:
+            process_prepare = getattr(self.embedder, "process_prepare", None)
+            prepare = process_prepare() if callable(process_prepare) else None
+            self._decoder = DecodeProcesses(self.workers, prepare)
+        return self._decoder
 
     def __enter__(self) -> ImageSearchIndex:
         return self
@@ -279,7 +318,7 @@ class ImageSearchIndex:
         # input order and a failure leaves every earlier batch stored.
         writing: tuple[Future[None], list[tuple[str, str]], int] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-store") as writer, \
-                contextlib.closing(self._prepared_chunks(pending, size)) as chunks:
+                contextlib.closing(self._prepared_chunks(pending, size, self._decode_processes())) as chunks:
             try:
                 for chunk in chunks:
                     records, outcome = self._embed_chunk(chunk, report, seen, on_error)
@@ -363,9 +402,10 @@ class ImageSearchIndex:
             if isinstance(image, (str, os.PathLike)):
                 item.encoded = read_image_bytes(image)
                 item.sha256 = item.encoded.sha256
-                item.metadata.setdefault(PATH_FIELD, resolved_path(image))
+                resolved = resolved_path(image)
+                item.metadata.setdefault(PATH_FIELD, resolved)
                 if item.id is None:
-                    item.id = path_id(image)
+                    item.id = _id_of_resolved(resolved)
             elif isinstance(image, (bytes, bytearray, memoryview)):
                 item.encoded = ImageBytes(item.source, bytes(image))
                 item.sha256 = item.encoded.sha256
@@ -382,28 +422,40 @@ class ImageSearchIndex:
             if item.id is None and isinstance(image, (str, os.PathLike)):
                 item.id = path_id(image)
 
-    def _decode(self, item: _Pending) -> None:
+    def _decode(self, item: _Pending, processes: DecodeProcesses | None = None) -> None:
         """Decode, then run the embedder's per-image preprocessing (in a worker thread).
 
         Embedders with ``prepare(image)`` and ``embed_prepared(list)`` (the torch ones)
         get their resize/crop done here, in parallel, so the model thread only stacks
-        ready arrays; others receive decoded ``PIL.Image`` objects in ``embed``.
+        ready arrays; others receive decoded ``PIL.Image`` objects in ``embed``. With
+        ``processes``, the decoding (and, where the embedder offers a picklable
+        ``process_prepare()``, the preparing) runs in a worker process.
         """
         if item.error is not None:
             return
+        prepare = _prepare_hook(self.embedder)
+        min_size = getattr(self.embedder, "image_size", None)
+        if item.image is None and item.encoded is not None and processes is not None:
+            done = processes.decode(item.encoded, min_size)
+            if done is not None:  # else the pool broke: decode here, below
+                item.encoded = None
+                value, item.error = done
+                if item.error is not None:
+                    return
+                if processes.prepares:
+                    item.tensor = value
+                    return
+                item.image = value
         if item.image is None:
             if item.encoded is None:
                 return
             try:
-                item.image = decode_image(
-                    item.encoded, min_size=getattr(self.embedder, "image_size", None)
-                )
+                item.image = decode_image(item.encoded, min_size=min_size)
             except ImageLoadError as exc:
                 item.error = exc.reason
                 return
             finally:
                 item.encoded = None
-        prepare = _prepare_hook(self.embedder)
         if prepare is not None:
             try:
                 item.tensor = prepare(item.image)
@@ -413,13 +465,30 @@ class ImageSearchIndex:
             except Exception as exc:  # an image the model's preprocessing cannot handle
                 item.error = f"cannot preprocess: {exc}"
 
-    def _prepared_chunks(self, pending: Iterator[_Pending], size: int) -> Generator[_Chunk, None, None]:
-        """Read, look up and decode chunks in background threads, one chunk ahead."""
+    def _prepared_chunks(
+        self, pending: Iterator[_Pending], size: int, processes: DecodeProcesses | None
+    ) -> Generator[_Chunk, None, None]:
+        """Read, look up and decode chunks in background threads, ahead of the model.
+
+        Two chunks decode at once, so the worker threads never wait at a chunk's end for
+        its slowest image (that barrier idled most of 16 workers on a GPU machine).
+        """
         store = self.store
         done: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=2)
         stop = threading.Event()
 
+        def hand_over(chunk: _Chunk, decoding: list[Future[None]]) -> None:
+            for future in decoding:
+                future.result()  # re-raises what a worker raised
+            while not stop.is_set():
+                try:
+                    done.put(chunk, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
         def produce(pool: ThreadPoolExecutor) -> None:
+            in_flight: collections.deque[tuple[_Chunk, list[Future[None]]]] = collections.deque()
             try:
                 while not stop.is_set():
                     chunk = _Chunk([p for _, p in zip(range(size), pending)])
@@ -433,14 +502,18 @@ class ImageSearchIndex:
                         if p.existing is not None and p.error is None and _same_content(p, p.existing):
                             p.encoded = p.image = None  # unchanged content: no need to decode
                     todo = [p for p in chunk.items if p.encoded is not None or p.image is not None]
-                    list(pool.map(self._decode, todo))
-                    while not stop.is_set():
-                        try:
-                            done.put(chunk, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
+                    in_flight.append((chunk, [pool.submit(self._decode, p, processes) for p in todo]))
+                    if len(in_flight) > 1:
+                        hand_over(*in_flight.popleft())
+                while in_flight and not stop.is_set():
+                    hand_over(*in_flight.popleft())
+                for _, decoding in in_flight:  # stopped early: drop the queued work
+                    for future in decoding:
+                        future.cancel()
             except BaseException as exc:  # hand any failure to the consumer
+                for _, decoding in in_flight:
+                    for future in decoding:
+                        future.cancel()
                 done.put(exc)
                 return
             done.put(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["ImagePreprocess", "TorchEmbedder", "cpu_has_native_bf16", "import_torch"]
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (measured: 8-16 beat 32 on AMX)
@@ -82,6 +85,11 @@ class ImagePreprocess:
         self.interpolation = interpolation
         self._constants: dict[Any, tuple[Any, Any]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable without torch (decode worker processes never import it): the cached
+        # device constants are rebuilt on demand.
+        return {**self.__dict__, "_constants": {}}
+
     def __repr__(self) -> str:
         return (f"ImagePreprocess(resize={self.resize}, crop={self.crop}, mean={self.mean}, "
                 f"std={self.std}, interpolation={self.interpolation!r})")
@@ -136,6 +144,10 @@ class ImagePreprocess:
 class TorchEmbedder:
     """Wrap a torch module and a preprocessing callable as an embedder.
 
+    On CUDA, batches of up to ``batch_size`` images run as a replayed CUDA graph
+    (captured on first use per input shape; set ``cuda_graphs = False`` on the instance
+    to run eagerly; a module that cannot be captured falls back to eager by itself).
+
     The module maps a batch ``(n, 3, H, W)`` to features ``(n, ...)``; the features are
     flattened and L2-normalised. ``preprocess`` maps one RGB ``PIL.Image`` to a
     ``(3, H, W)`` tensor.
@@ -162,6 +174,8 @@ class TorchEmbedder:
 
     >>> emb = TorchEmbedder(module, preprocess, dim=1280, identity="my-model:v1")  # doctest: +SKIP
     """
+
+    cuda_graphs: bool = True  #: replay the forward pass as a CUDA graph on GPUs
 
     def __init__(
         self,
@@ -205,6 +219,8 @@ class TorchEmbedder:
         self._preprocess = None
         self._ready = False
         self._load_lock = threading.Lock()
+        self._graphs: dict[Any, tuple[Any, Any, Any] | None] = {}
+        self._graph_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -282,6 +298,14 @@ class TorchEmbedder:
         assert self._preprocess is not None
         return self._preprocess(image)
 
+    def process_prepare(self) -> Callable[[Image.Image], Any] | None:
+        """:meth:`prepare` as a picklable callable that needs no torch, for decode worker
+        processes; ``None`` when the preprocessing is a custom callable."""
+        self._ensure_ready()
+        if isinstance(self._preprocess, ImagePreprocess):
+            return self._preprocess.pixels
+        return None
+
     def embed_prepared(self, items: Sequence[Any]) -> NDArray[np.float32]:
         """Embed the outputs of :meth:`prepare` (in batches of ``batch_size``)."""
         if not len(items):
@@ -302,8 +326,11 @@ class TorchEmbedder:
                 batch = self._preprocess.normalize(host.to(self.device, non_blocking=True))
             else:
                 batch = torch.stack(list(chunk))
-            outputs.append(self.embed_tensor(batch))
-        return np.concatenate(outputs)
+            # Results stay on the device until every batch is queued: on CUDA the host
+            # waits once per call, not once per batch, so the GPU is never left idle
+            # while Python launches the next forward pass.
+            outputs.append(self._forward(batch))
+        return _to_numpy(torch.cat(outputs) if len(outputs) > 1 else outputs[0])
 
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         if not images:
@@ -312,22 +339,77 @@ class TorchEmbedder:
 
     def embed_tensor(self, batch: Any) -> NDArray[np.float32]:
         """Embed an already preprocessed batch ``(n, 3, H, W)``."""
+        return _to_numpy(self._forward(batch))
+
+    def _forward(self, batch: Any) -> Any:
+        """L2-normalised float32 features ``(n, dim)`` of a preprocessed batch, on the device."""
         self._ensure_ready()
         torch = import_torch(type(self).__name__)
         if self.device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
             batch = batch.pin_memory()  # page-locked, so the copy below is truly asynchronous
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if self.device.type == "cuda" and self.cuda_graphs and batch.shape[0] <= self.batch_size:
+            features = self._replay(batch)
+            if features is not None:
+                return features
         with torch.inference_mode():
-            if dtype is not None:
-                with torch.autocast(self.device.type, dtype=dtype):
-                    features = self._module(batch)
-            else:
+            return self._eager(batch)
+
+    def _eager(self, batch: Any, cache_enabled: bool = True) -> Any:
+        torch = import_torch(type(self).__name__)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is not None:
+            with torch.autocast(self.device.type, dtype=dtype, cache_enabled=cache_enabled):
                 features = self._module(batch)
-            features = features.float().flatten(1)
-            if features.shape[1] != self._dim:
-                raise ConfigurationError(
-                    f"{self!r} produced {features.shape[1]}-d features, but dim={self._dim}"
-                )
-            features = torch.nn.functional.normalize(features, dim=1)
-        return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
+        else:
+            features = self._module(batch)
+        features = features.float().flatten(1)
+        if features.shape[1] != self._dim:
+            raise ConfigurationError(
+                f"{self!r} produced {features.shape[1]}-d features, but dim={self._dim}"
+            )
+        return torch.nn.functional.normalize(features, dim=1)
+
+    def _replay(self, batch: Any) -> Any:
+        """The forward pass replayed from a CUDA graph captured for ``batch_size`` images
+        (one launch instead of hundreds, so decode threads holding the GIL cannot stall
+        the GPU between kernels); ``None`` where capture failed (then eager is used)."""
+        torch = import_torch(type(self).__name__)
+        key = (tuple(batch.shape[1:]), batch.dtype)
+        with self._graph_lock, torch.inference_mode():
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(batch)
+            captured = self._graphs[key]
+            if captured is None:
+                return None
+            static_in, static_out, graph = captured
+            n = batch.shape[0]
+            static_in[:n].copy_(batch)  # rows past n hold stale images; their outputs are dropped
+            graph.replay()
+            return static_out[:n].clone()
+
+    def _capture(self, batch: Any) -> tuple[Any, Any, Any] | None:
+        torch = import_torch(type(self).__name__)
+        try:
+            static_in = torch.zeros((self.batch_size, *batch.shape[1:]), dtype=batch.dtype,
+                                    device=self.device).contiguous(memory_format=torch.channels_last)
+            static_in[: batch.shape[0]].copy_(batch)
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(3):  # warm up (cuDNN picks its kernels) outside the capture
+                    self._eager(static_in, cache_enabled=False)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_out = self._eager(static_in, cache_enabled=False)
+            return static_in, static_out, graph
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # any capture failure: eager still works
+            log.warning("lookalike: CUDA graph capture failed for %r (%s); running eagerly", self, exc)
+            return None
+
+
+def _to_numpy(features: Any) -> NDArray[np.float32]:
+    return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)

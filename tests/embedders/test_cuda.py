@@ -1,0 +1,97 @@
+"""The CUDA path (#7): graph replay equals eager, partial and mixed batches, precision
+auto, and add_many end to end. Skipped on machines without a GPU (CI has none): run
+``pytest tests/embedders/test_cuda.py`` on one (docs/performance.md records the run)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike import ImageSearchIndex
+from lookalike.stores import InMemoryStore
+
+from ..conftest import make_image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _embedder(**kwargs: object) -> object:
+    from lookalike.embedders import ResNet50Embedder
+
+    return ResNet50Embedder(weights=None, device="cuda", **kwargs)  # type: ignore[arg-type]
+
+
+def _pictures(n: int, offset: int = 0) -> list:
+    return [make_image(offset + i, size=(320, 240)) for i in range(n)]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1)  # rows are L2-normalised
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_graph_replay_matches_eager_for_full_partial_and_oversized_batches(precision: str) -> None:
+    graphs, eager = _embedder(precision=precision, batch_size=16), _embedder(precision=precision, batch_size=16)
+    eager.cuda_graphs = False  # type: ignore[attr-defined]
+    images = _pictures(40)
+    full = graphs.embed(images[:16])  # type: ignore[attr-defined]
+    partial = graphs.embed(images[16:21])  # type: ignore[attr-defined]  # stale rows 5..15 in the graph's input
+    mixed = graphs.embed(images)  # type: ignore[attr-defined]  # 16 + 16 + 8
+    reference = eager.embed(images)  # type: ignore[attr-defined]
+    assert graphs._graphs and all(g is not None for g in graphs._graphs.values())  # type: ignore[attr-defined]
+    tolerance = 0.9999 if precision == "fp32" else 0.999
+    assert _cosines(full, reference[:16]).min() > tolerance
+    assert _cosines(partial, reference[16:21]).min() > tolerance
+    assert _cosines(mixed, reference).min() > tolerance
+    assert np.isfinite(mixed).all() and np.allclose(np.linalg.norm(mixed, axis=1), 1, atol=1e-4)
+
+
+def test_auto_precision_is_fp16_on_cuda_and_close_to_fp32() -> None:
+    auto, fp32 = _embedder(), _embedder(precision="fp32")
+    images = _pictures(24)
+    a, b = auto.embed(images), fp32.embed(images)  # type: ignore[attr-defined]
+    assert auto.precision == "fp16" and auto.device.type == "cuda"  # type: ignore[attr-defined]
+    assert auto.batch_size == 64  # type: ignore[attr-defined]
+    assert _cosines(a, b).min() > 0.99
+
+
+def test_concurrent_callers_get_their_own_results() -> None:
+    embedder = _embedder(batch_size=8)
+    sets = [_pictures(8, offset=100 * t) for t in range(4)]
+    expected = [embedder.embed(s) for s in sets]  # type: ignore[attr-defined]
+    got: dict[int, np.ndarray] = {}
+
+    def work(t: int) -> None:
+        for _ in range(5):
+            got[t] = embedder.embed(sets[t])  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for t in range(4):
+        assert _cosines(got[t], expected[t]).min() > 0.9999
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_add_many_on_cuda_stores_the_same_vectors_as_embed(tmp_path: Path, processes: bool) -> None:
+    embedder = _embedder()
+    paths = []
+    for i, img in enumerate(_pictures(70)):
+        paths.append(tmp_path / f"{i:03d}.jpg")
+        img.save(paths[-1], quality=95)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    index = ImageSearchIndex(embedder=embedder, store=InMemoryStore(), processes=processes)  # type: ignore[arg-type]
+    report = index.add_many([*paths, tmp_path / "broken.jpg"])
+    assert len(report.added) == 70 and [f.source for f in report.failed] == [str(tmp_path / "broken.jpg")]
+    assert (index._decoder is not None) == processes
+    expected = index.embed_queries(paths)
+    stored = np.stack([index.get(rid).vector for rid in report.added])
+    assert _cosines(stored, expected).min() > 0.999
+    index.close()
