@@ -185,7 +185,9 @@ class ImageSearchIndex:
             return None
         if self._decoder is None or self._decoder.broken:
             process_prepare = getattr(self.embedder, "process_prepare", None)
-            prepare = process_prepare() if callable(process_prepare) else None
+            prepare = None  # the processes hand back PIL images
+            if callable(process_prepare) and _prepare_hook(self.embedder) is not None:
+                prepare = process_prepare()  # they hand back what embed_prepared takes
             self._decoder = DecodeProcesses(self.workers, prepare)
         return self._decoder
 
