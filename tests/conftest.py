@@ -28,6 +28,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
         if name.startswith(("LOOKALIKE_", "TENCENT_VECTORDB_")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+    # exported ONNX models (OnnxEmbedder) go to the test session's temp dir, not ~/.cache
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "lookalike-cache"))
 
 
 def make_image(seed: int, size: tuple[int, int] = (96, 80), mode: str = "RGB") -> Image.Image:

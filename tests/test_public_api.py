@@ -39,13 +39,14 @@ def test_documented_imports_work() -> None:
     from lookalike import AddReport, Hit, ImageSearchIndex, Record, Schema, sources
     from lookalike.embedders import (
         FakeEmbedder,
+        OnnxEmbedder,
         ResNet50Embedder,
         TorchEmbedder,
         TorchvisionEmbedder,
     )
     from lookalike.stores import InMemoryStore, LocalStore
 
-    for obj in (AddReport, Hit, ImageSearchIndex, Record, Schema, FakeEmbedder, ResNet50Embedder,
+    for obj in (AddReport, Hit, ImageSearchIndex, Record, Schema, FakeEmbedder, OnnxEmbedder, ResNet50Embedder,
                 TorchEmbedder, TorchvisionEmbedder, InMemoryStore, LocalStore):
         assert inspect.isclass(obj)
     assert callable(sources.from_dir) and callable(sources.from_csv) and callable(sources.from_glob)
@@ -66,7 +67,7 @@ def test_import_lookalike_imports_neither_torch_nor_tcvectordb() -> None:
         "from lookalike.embedders import FakeEmbedder\n"
         "from lookalike.stores import InMemoryStore, LocalStore\n"
         "index = ImageSearchIndex(embedder=FakeEmbedder(dim=8), store=InMemoryStore())\n"
-        "heavy = sorted(m for m in ('torch', 'torchvision', 'tcvectordb') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'tcvectordb', 'onnxruntime') if m in sys.modules)\n"
         "print(','.join(heavy) or 'none')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

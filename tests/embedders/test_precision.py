@@ -1,8 +1,10 @@
 """Reduced precision must not cost retrieval quality (#7): the real EfficientNet-Lite0
-weights, fp32 vs bf16 autocast, on the shared reverse_image_search data set."""
+weights, fp32 vs bf16 autocast and vs ONNX Runtime int8, on the shared reverse_image_search
+data set."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,41 @@ def test_bf16_keeps_vectors_and_retrieval_quality(
 def test_precision_does_not_change_identity() -> None:
     ids = {EfficientNetLite0Embedder(precision=p).identity for p in ("auto", "fp32", "bf16")}
     assert len(ids) == 1
+
+
+def _calibration_images() -> list[Any]:
+    """Calibration images that are not in the evaluation set: scikit-image's sample photos."""
+    pytest.importorskip("skimage", reason="calibration photos come from scikit-image")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    try:
+        from sample_photos import calibration_images
+    finally:
+        sys.path.pop(0)
+    images = calibration_images()
+    assert len(images) >= 40, f"only {len(images)} calibration images found"
+    return images
+
+
+def test_onnx_int8_keeps_retrieval_quality(
+    dataset: Path, lite0_vectors: Callable[[Path], dict[str, Any]], tmp_path: Path
+) -> None:
+    """The int8 stretch goal of #7: ONNX Runtime static int8, calibrated on images outside
+    the evaluation set, within 0.01 hit ratio@10 of fp32 on the real weights."""
+    pytest.importorskip("onnxruntime")
+    from lookalike.embedders import OnnxEmbedder
+
+    got = lite0_vectors(dataset)
+    g32, q32 = got["fp32"]
+    embedder = OnnxEmbedder(EfficientNetLite0Embedder(device="cpu"), quantize="int8",
+                            calibration=_calibration_images(), cache_dir=tmp_path)
+    g8 = _embed_folder(embedder, sorted((dataset / "train").glob("*/*.JPEG")))
+    q8 = _embed_folder(embedder, sorted((dataset / "test").glob("*/*.JPEG")))
+
+    cosines = np.concatenate([(g32 * g8).sum(axis=1), (q32 * q8).sum(axis=1)])
+    assert cosines.mean() >= 0.99, f"mean cosine fp32 vs int8 {cosines.mean():.4f}"
+    assert cosines.min() >= 0.9, f"worst image cosine {cosines.min():.4f}"
+    labels = got["gallery_labels"], got["query_labels"]
+    hr32, hr8 = _hit_ratio(g32, q32, *labels), _hit_ratio(g8, q8, *labels)
+    assert abs(hr8 - hr32) <= 0.01, f"hit ratio@10 fp32 {hr32:.3f} vs int8 {hr8:.3f}"
+    for mixed in (_hit_ratio(g8, q32, *labels), _hit_ratio(g32, q8, *labels)):
+        assert abs(mixed - hr32) <= 0.01, f"hit ratio@10 fp32 {hr32:.3f} vs mixed {mixed:.3f}"

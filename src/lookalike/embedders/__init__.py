@@ -1,8 +1,9 @@
 """Embedders: turn images into L2-normalised vectors.
 
-``FakeEmbedder`` needs nothing; the others need the ``[torch]`` extra (and
-``EfficientNetLite0Embedder`` the ``[offline]`` extra). torch is imported only when one
-of them is constructed or used, never by ``import lookalike``.
+``FakeEmbedder`` needs nothing; the others need the ``[torch]`` extra
+(``EfficientNetLite0Embedder`` the ``[offline]`` extra, ``OnnxEmbedder`` the ``[onnx]``
+extra). torch and onnxruntime are imported only when one of them is constructed or
+used, never by ``import lookalike``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from .fake import FakeEmbedder
 if TYPE_CHECKING:
     from ._torch import TorchEmbedder
     from .efficientnet_lite import EfficientNetLite0Embedder
+    from .onnx import OnnxEmbedder
     from .torchvision import ResNet50Embedder, TorchvisionEmbedder
 
 __all__ = [
     "EfficientNetLite0Embedder",
     "FakeEmbedder",
+    "OnnxEmbedder",
     "ResNet50Embedder",
     "TorchEmbedder",
     "TorchvisionEmbedder",
@@ -29,6 +32,7 @@ _LAZY = {
     "ResNet50Embedder": ".torchvision",
     "TorchvisionEmbedder": ".torchvision",
     "EfficientNetLite0Embedder": ".efficientnet_lite",
+    "OnnxEmbedder": ".onnx",
 }
 
 
