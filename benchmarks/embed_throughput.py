@@ -9,6 +9,9 @@ In one process, on the same images:
     channels_last) at the best batch size and precision (a short sweep): the ceiling;
 (c) ``ImageSearchIndex.add_many`` into a fresh ``LocalStore``, end to end (read, hash,
     decode, preprocess, embed, store), once per ``--precision`` and per ``--configs``;
+(c) with ``--onnx fp32,int8``: the same with :class:`~lookalike.embedders.OnnxEmbedder`
+    around the same model (export, and quantization calibrated on the first 32 images,
+    timed apart as ``onnx_build_s``);
 (d) with ``--decode-ceiling``: the same per-image reading and decoding with no model, in
     add_many's worker threads and in one process per CPU (what the CPUs can feed).
 
@@ -16,12 +19,16 @@ The images are split in ``--rounds`` slices and every variant runs on each slice
 back, so the shared machine's noise hits all variants alike. Prints img/s (median over
 rounds) and peak RSS for each and the ratios (c)/(a), (c)/(b), (c)/(d); writes JSON.
 ResNet50 uses random weights (same FLOPs as IMAGENET1K_V2, which cannot be downloaded
-here). Examples::
+here); ``--model efficientnet-lite0`` runs (b) and (c) with the offline EfficientNet-Lite0
+instead ((a) stays the tutorial's ResNet50). Examples::
 
     .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search --n 300
     # what docs/performance.md records: + 12 MP copies of the same images + a 3,000-image stream
     .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search/train \
         --n 300 --make-large /tmp/jpeg12mp --memory-stream 3000
+    # ONNX Runtime fp32 / int8 against torch bf16, end to end (docs/performance.md)
+    .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search/train \
+        --n 300 --skip-tutorial --precision auto --onnx fp32,int8 --model efficientnet-lite0
     # on a GPU machine (docs/performance.md, "On a GPU")
     python benchmarks/embed_throughput.py --images DIR --n 300 --copies 20 --tutorial-n 100 \
         --decode-ceiling --make-large /tmp/large --memory-stream 20000
@@ -187,14 +194,19 @@ class Tutorial:
 
 # -- (b) the ceiling ----------------------------------------------------------------------
 class Ceiling:
-    """ResNet50 forward alone on ready tensors: inference mode, channels_last, best batch."""
+    """The model's forward alone on ready tensors: inference mode, channels_last, best batch."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, model_name: str = "resnet50") -> None:
         import torch
-        import torchvision.models as models
 
-        model = models.resnet50(weights=None)
-        model.fc = torch.nn.Identity()
+        if model_name == "resnet50":
+            import torchvision.models as models
+
+            model = models.resnet50(weights=None)
+            model.fc = torch.nn.Identity()
+        else:
+            embedder = torch_embedder(model_name, device="cpu", precision="fp32")
+            model = embedder._load()[0]
         self.device = torch.device(device)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.precision, self.batch = "fp32", 32
@@ -285,20 +297,40 @@ class DecodeCeiling:
 
 
 # -- (c) add_many -------------------------------------------------------------------------
+MODELS = ("resnet50", "efficientnet-lite0")
+
+
+def torch_embedder(model: str, **options: Any) -> Any:
+    """ResNet50 with random weights (same FLOPs as IMAGENET1K_V2) or the offline EfficientNet-Lite0."""
+    from lookalike.embedders import EfficientNetLite0Embedder, ResNet50Embedder
+
+    if model == "efficientnet-lite0":
+        return EfficientNetLite0Embedder(**options)
+    return ResNet50Embedder(weights=None, **options)
+
+
 class AddMany:
     """``ImageSearchIndex.add_many`` of paths into a new LocalStore, end to end."""
 
     def __init__(self, store_dir: Path, precision: str, batch: int, workers: int | None,
                  model_batch: int | None, device: str = "auto", processes: bool = False,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, model: str = "resnet50", onnx: str | None = None,
+                 calibration: list[Path] | None = None) -> None:
         from PIL import Image
 
-        from lookalike.embedders import ResNet50Embedder
-
         self.store_dir, self.batch, self.workers, self.processes = store_dir, batch, workers, processes
-        self.embedder = ResNet50Embedder(weights=None, precision=precision, batch_size=model_batch,
-                                         device=device)
+        self.embedder: Any = torch_embedder(model, precision=precision, batch_size=model_batch,
+                                            device=device)
         self.embedder.cuda_graphs = cuda_graphs
+        if onnx is not None:  # the same model run by ONNX Runtime (exported into store_dir)
+            from lookalike.embedders import OnnxEmbedder
+
+            started = time.perf_counter()
+            self.embedder = OnnxEmbedder(self.embedder, quantize=None if onnx == "fp32" else onnx,
+                                         calibration=calibration, cache_dir=store_dir / "onnx",
+                                         batch_size=model_batch)
+            self.embedder.embed([Image.new("RGB", (256, 256))])
+            self.onnx_build_s = time.perf_counter() - started
         self.embedder.embed([Image.new("RGB", (256, 256))] * batch)  # build + warm up the model
 
     def run(self, paths: list[Path]) -> float:
@@ -377,6 +409,11 @@ def main() -> None:
                     help="extra (c) variants with the first --precision, comma list of "
                     "CHUNK/MODEL_BATCH/WORKERS[/FLAGS] (e.g. 256/128/16/pe); 0 keeps a default; flags: p "
                     "decode in processes (default: threads), e: no CUDA graphs")
+    ap.add_argument("--model", choices=MODELS, default="resnet50",
+                    help="the model of (b) and (c) ((a) is always the tutorial's ResNet50)")
+    ap.add_argument("--onnx", default="",
+                    help="extra (c) variants with OnnxEmbedder around the same model: comma list of "
+                    "fp32, int8 (int8 calibrated on the first 32 images)")
     ap.add_argument("--decode-ceiling", action="store_true",
                     help="add (d): read + hash + decode + resize + crop with no model, in add_many's worker "
                     "threads and in one process per CPU")
@@ -420,7 +457,7 @@ def main() -> None:
         if not args.skip_tutorial:
             variants["a_tutorial"] = Tutorial(store_dir, device, args.tutorial_n)
             variants["a_tutorial"].extract_features(paths[0])  # warm-up
-        ceiling = Ceiling(device)
+        ceiling = Ceiling(device, args.model)
         if device == "cpu":
             precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
             sweep = ceiling.sweep([8, 16, 32], precisions)
@@ -429,7 +466,7 @@ def main() -> None:
         variants["b_ceiling"] = ceiling
         for precision in args.precision.split(","):
             variants[f"c_add_many_{precision}"] = AddMany(store_dir, precision, args.batch, args.workers,
-                                                          args.model_batch, device)
+                                                          args.model_batch, device, model=args.model)
         first_precision = args.precision.split(",")[0]
         first_c = f"c_add_many_{first_precision}"
         for config in filter(None, args.configs.split(",")):
@@ -438,7 +475,14 @@ def main() -> None:
             processes = "p" in flags
             variants[f"{first_c}_c{chunk}_m{model_batch}_w{workers}{flags}"] = AddMany(
                 store_dir, first_precision, int(chunk) or args.batch, int(workers) or args.workers,
-                int(model_batch) or args.model_batch, device, processes, cuda_graphs="e" not in flags)
+                int(model_batch) or args.model_batch, device, processes, cuda_graphs="e" not in flags,
+                model=args.model)
+        for quantize in filter(None, args.onnx.split(",")):
+            variants[f"c_add_many_onnx_{quantize}"] = AddMany(
+                store_dir, "fp32", args.batch, args.workers, args.model_batch, "cpu", model=args.model,
+                onnx=quantize, calibration=paths[:32])
+            print(f"  (c) onnx {quantize}: export{' + quantization' if quantize != 'fp32' else ''} "
+                  f"{variants[f'c_add_many_onnx_{quantize}'].onnx_build_s:.1f} s", flush=True)
         if args.decode_ceiling:
             workers = args.workers or default_workers()
             variants["d_decode_threads"] = DecodeCeiling(workers, processes=False)
@@ -479,10 +523,15 @@ def main() -> None:
             if key == "b_ceiling":
                 row.update(precision=ceiling.precision, batch=ceiling.batch, sweep=sweep)
             if key.startswith("c_"):
-                row.update(resolved_precision=variant.embedder.precision, workers=variant.resolved_workers,
-                           batch=variant.batch, model_batch=variant.embedder.batch_size,
-                           device=str(variant.embedder.device), processes=variant.used_processes,
-                           cuda_graphs=variant.embedder.cuda_graphs)
+                emb = variant.embedder
+                row.update(resolved_precision=getattr(emb, "precision", None) or f"onnx-{emb.quantize or 'fp32'}",
+                           workers=variant.resolved_workers, batch=variant.batch, model_batch=emb.batch_size,
+                           device=str(getattr(emb, "device", "cpu")), processes=variant.used_processes,
+                           cuda_graphs=getattr(emb, "cuda_graphs", False), model=args.model)
+                if hasattr(variant, "onnx_build_s"):  # and its speed-up over torch, round by round
+                    row["onnx_build_s"] = variant.onnx_build_s
+                    row["ratio_over_torch"] = float(np.median(
+                        [c / b for c, b in zip(rates[key], rates[first_c])]))
                 decode = "d_decode_processes" + ("_large" if key.endswith("_large") else "")
                 for base, name in (("a_tutorial", "ratio_c_over_a"), ("b_ceiling", "ratio_c_over_b"),
                                    (decode, "ratio_c_over_d")):

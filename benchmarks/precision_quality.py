@@ -1,11 +1,15 @@
 """Does reduced precision cost retrieval quality? (#7)
 
 Embeds the reverse_image_search set (1,000 gallery + 100 queries) with the offline,
-ImageNet-pretrained EfficientNet-Lite0 in fp32 and in bf16 autocast, then prints the
-cosine between the two vectors of each image and hit ratio@10 (exact cosine search,
-k = 10, relevant = same class) for fp32, bf16 and the two mixed pairings. Example::
+ImageNet-pretrained EfficientNet-Lite0 in fp32 and in bf16 autocast (and, with ``--onnx``,
+through ONNX Runtime in fp32 and static int8), then prints the cosine between each image's
+fp32 vector and its other one, and hit ratio@10 (exact cosine search, k = 10, relevant =
+same class) for every variant and the two mixed pairings with fp32. int8 is calibrated on
+scikit-image's sample photos (``examples/sample_photos.py``: ``calibration_images``), which
+share nothing with the evaluation set. Example::
 
-    .venv/bin/python benchmarks/precision_quality.py --dataset ../shared/datasets/reverse_image_search
+    .venv/bin/python benchmarks/precision_quality.py --dataset ../shared/datasets/reverse_image_search \
+        --onnx fp32,int8
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +31,7 @@ from lookalike.embedders.efficientnet_lite import EfficientNetLite0Embedder  # n
 from lookalike.images import load_image  # noqa: E402
 
 
-def embed(embedder: EfficientNetLite0Embedder, paths: list[Path]) -> Any:
+def embed(embedder: Any, paths: list[Path]) -> Any:
     with ThreadPoolExecutor(2) as pool:
         prepared = list(pool.map(lambda p: embedder.prepare(load_image(p, min_size=256)), paths))
     started = time.perf_counter()
@@ -42,7 +47,8 @@ def hit_ratio(gallery: Any, queries: Any, gl: Any, ql: Any, k: int = 10) -> floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True)
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--precisions", default="fp32,bf16", help="torch precisions; the first is the reference")
+    ap.add_argument("--onnx", default="", help="also OnnxEmbedder: comma list of fp32, int8")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "precision_quality.json")
     args = ap.parse_args()
     gallery = sorted((args.dataset / "train").glob("*/*.JPEG"))
@@ -58,6 +64,28 @@ def main() -> None:
         out[precision] = {"hit_ratio_at_10": hit_ratio(g, q, gl, ql), "forward_img_per_s": g_rate}
         print(f"{precision}: hit ratio@10 {out[precision]['hit_ratio_at_10']:.3f}, "
               f"model {g_rate:.0f} img/s (batch 50, noisy)", flush=True)
+    cache = tempfile.TemporaryDirectory(prefix="precision-quality-onnx-")  # removed at exit
+    for quantize in filter(None, args.onnx.split(",")):
+        from lookalike.embedders import OnnxEmbedder
+
+        calibration = None
+        if quantize != "fp32":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+            from sample_photos import calibration_images
+
+            calibration = calibration_images()
+        name = f"onnx-{quantize}"
+        emb = OnnxEmbedder(EfficientNetLite0Embedder(device="cpu"), quantize=None if quantize == "fp32" else quantize,
+                           calibration=calibration, cache_dir=cache.name, batch_size=50)
+        started = time.perf_counter()
+        emb.embed([load_image(gallery[0])])  # export (+ quantization), not timed below
+        build_s = time.perf_counter() - started
+        (g, g_rate), (q, _) = embed(emb, gallery), embed(emb, queries)
+        vecs[name] = (g, q)
+        out[name] = {"build_s": build_s, "hit_ratio_at_10": hit_ratio(g, q, gl, ql), "forward_img_per_s": g_rate,
+                     "calibration_images": len(calibration or [])}
+        print(f"{name}: hit ratio@10 {out[name]['hit_ratio_at_10']:.3f}, model {g_rate:.0f} img/s "
+              f"(batch 50, noisy), built in {build_s:.1f} s", flush=True)
     names = list(vecs)
     ref = names[0]
     for other in names[1:]:
