@@ -17,6 +17,7 @@ from lookalike import (
     ImageLoadError,
     ImageSearchIndex,
     MissingDependencyError,
+    ModelLoadError,
 )
 from lookalike.stores import InMemoryStore
 
@@ -174,6 +175,13 @@ def test_missing_onnxruntime_names_the_extra(tmp_path: Path, monkeypatch: pytest
         emb.embed([make_image(1)])
 
 
+def test_missing_exporter_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    emb = OnnxEmbedder(tiny_source(), cache_dir=tmp_path)
+    with pytest.raises(MissingDependencyError, match=r"'onnxscript'.*pip install 'lookalike\[onnx\]'"):
+        emb.embed([make_image(1)])
+
+
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine" / "onnx"
@@ -199,3 +207,15 @@ def test_indexes_and_searches_through_the_pipeline(cache: Path, image_dir: Path)
     # decode worker processes get a picklable, torch-free prepare
     prepare = pickle.loads(pickle.dumps(emb.process_prepare()))
     assert prepare(make_image(2)).shape == (32, 32, 3)
+
+
+def test_a_model_onnx_runtime_cannot_open_is_a_model_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: OnnxEmbedder, ort: Any, path: Path) -> None:
+        raise RuntimeError("unsupported opset")
+
+    monkeypatch.setattr(OnnxEmbedder, "_open", refuse)
+    emb = OnnxEmbedder(tiny_source(), cache_dir=tmp_path)
+    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot open .*unsupported opset"):
+        emb.embed([make_image(1)])

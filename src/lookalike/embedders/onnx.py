@@ -192,7 +192,11 @@ class OnnxEmbedder:
                                 path, exc)
                     path.unlink(missing_ok=True)
                     path = self._cached_file(ort)
-                    self._session = self._open(ort, path)
+                    try:
+                        self._session = self._open(ort, path)
+                    except Exception as again:
+                        raise ModelLoadError(f"ONNX Runtime cannot open the model exported from "
+                                             f"{self.source!r} ({path}): {again}") from again
                 self.model_path = path
         return self._session
 
@@ -239,6 +243,10 @@ class OnnxEmbedder:
     def _export(self, torch: Any, path: Path) -> None:
         import copy
 
+        try:
+            import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+        except ImportError as exc:
+            raise MissingDependencyError("onnxscript", "onnx", "OnnxEmbedder") from exc
         log.info("lookalike: exporting %r to ONNX", self.source)
         module = copy.deepcopy(self.source._module).float().to("cpu").eval()
         crop = self._preprocess.crop if self._preprocess else 224
