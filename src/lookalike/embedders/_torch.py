@@ -238,6 +238,14 @@ class TorchEmbedder:
         assert self._module is not None and self._preprocess is not None
         return self._module, self._preprocess
 
+    def _image_preprocess(self) -> Callable[[Image.Image], Any]:
+        """The preprocessing alone; subclasses that know it without loading the model
+        (and its weights) override this, so ``OnnxEmbedder`` can skip the load."""
+        if self._preprocess is None:
+            self._ensure_ready()
+        assert self._preprocess is not None
+        return self._preprocess
+
     def _ensure_ready(self) -> None:
         if self._ready:
             return

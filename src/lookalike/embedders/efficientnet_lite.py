@@ -60,4 +60,7 @@ class EfficientNetLite0Embedder(TorchEmbedder):
             raise ModelLoadError(f"EfficientNet-Lite0 weights in {path!r} do not fit the model: {exc}") from exc
         model._fc = nn.Identity()
         model._dropout = nn.Identity()
-        return model, imagenet_preprocess(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+        return model, self._image_preprocess()
+
+    def _image_preprocess(self) -> Callable[[Image.Image], Any]:
+        return imagenet_preprocess(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")

@@ -213,9 +213,10 @@ class TorchvisionEmbedder(TorchEmbedder):
                 raise ModelLoadError(
                     f"{str(self._weights_file)!r} does not fit torchvision {self.arch}: {exc}"
                 ) from exc
-        model = _strip_classifier(model)
-        preprocess = imagenet_preprocess(self._resize, self._crop, self._mean, self._std, self._interp)
-        return model, preprocess
+        return _strip_classifier(model), self._image_preprocess()
+
+    def _image_preprocess(self) -> Callable[[Image.Image], Any]:
+        return imagenet_preprocess(self._resize, self._crop, self._mean, self._std, self._interp)
 
     def _download(self, weights: Any) -> Any:
         import torch.hub
