@@ -21,10 +21,12 @@ from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
 from .registry import (
     EMBEDDERS,
+    check_onnx_options,
     default_store_path,
     embedder_for_identity,
     make_embedder,
     open_store,
+    with_onnx,
 )
 from .types import Hit
 
@@ -99,36 +101,12 @@ def _open_existing(spec: str | None) -> VectorStore:
     return open_store(spec)
 
 
-CALIBRATION_IMAGES = 100  #: at most this many images of --calibration DIR calibrate --onnx int8
-
-
 def _choose_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:
-    if args.calibration and args.onnx != "int8":
-        raise ConfigurationError("--calibration is only used with --onnx int8")
     if args.onnx and args.device not in ("auto", "cpu"):
         raise ConfigurationError(f"--onnx runs on the CPU; drop --device {args.device}")
-    if args.onnx == "int8" and not args.calibration:
-        raise ConfigurationError(
-            "--onnx int8 needs --calibration DIR: a folder of images like the ones you index "
-            "(up to 100 of them are used)"
-        )
+    check_onnx_options(args.onnx, args.calibration)
     embedder = _model_embedder(args, store, for_writing)
-    if not args.onnx:
-        return embedder
-    from .embedders._torch import TorchEmbedder
-    from .embedders.onnx import OnnxEmbedder
-
-    if not isinstance(embedder, TorchEmbedder):
-        raise ConfigurationError(f"--onnx runs a torch model; {embedder.identity!r} is not one")
-    calibration = None
-    if args.onnx == "int8":
-        files = list(sources.from_dir(args.calibration))
-        if not files:
-            raise ConfigurationError(f"no images in the calibration folder {args.calibration!r}")
-        step = max(1, len(files) // CALIBRATION_IMAGES)
-        calibration = files[::step][:CALIBRATION_IMAGES]
-    return OnnxEmbedder(embedder, quantize=None if args.onnx == "fp32" else args.onnx,
-                        calibration=calibration)
+    return with_onnx(embedder, args.onnx, args.calibration) if args.onnx else embedder
 
 
 def _model_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:

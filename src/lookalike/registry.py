@@ -15,10 +15,12 @@ from .protocols import Embedder, VectorStore
 
 __all__ = [
     "EMBEDDERS",
+    "check_onnx_options",
     "default_store_path",
     "embedder_for_identity",
     "make_embedder",
     "open_store",
+    "with_onnx",
 ]
 
 
@@ -77,6 +79,42 @@ def make_embedder(name: str, **options: Any) -> Embedder:
         f"unknown embedder {name!r}; use one of {', '.join(EMBEDDERS)}, resnet50:PATH, "
         "or torchvision:ARCH[:WEIGHTS]"
     )
+
+
+CALIBRATION_IMAGES = 100  #: at most this many images of a calibration folder calibrate int8
+
+
+def check_onnx_options(onnx: str | None, calibration: str | os.PathLike[str] | None) -> None:
+    """Refuse ``--calibration`` without ``--onnx int8`` and ``--onnx int8`` without it."""
+    if calibration and onnx != "int8":
+        raise ConfigurationError("--calibration is only used with --onnx int8")
+    if onnx == "int8" and not calibration:
+        raise ConfigurationError(
+            "--onnx int8 needs --calibration DIR: a folder of images like the ones you index "
+            f"(up to {CALIBRATION_IMAGES} of them are used)"
+        )
+
+
+def with_onnx(
+    embedder: Embedder, onnx: str, calibration: str | os.PathLike[str] | None = None
+) -> Embedder:
+    """``embedder``'s model run by ONNX Runtime (``onnx`` = ``"fp32"`` or ``"int8"``); int8
+    calibrates on up to 100 images spread over the ``calibration`` folder."""
+    from .embedders._torch import TorchEmbedder
+    from .embedders.onnx import OnnxEmbedder
+    from .sources import from_dir
+
+    check_onnx_options(onnx, calibration)
+    if not isinstance(embedder, TorchEmbedder):
+        raise ConfigurationError(f"--onnx runs a torch model; {embedder.identity!r} is not one")
+    images = None
+    if onnx == "int8":
+        assert calibration is not None
+        files = list(from_dir(calibration))
+        if not files:
+            raise ConfigurationError(f"no images in the calibration folder {os.fspath(calibration)!r}")
+        images = files[:: max(1, len(files) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]
+    return OnnxEmbedder(embedder, quantize=None if onnx == "fp32" else onnx, calibration=images)
 
 
 def embedder_for_identity(identity: str, **options: Any) -> Embedder | None:

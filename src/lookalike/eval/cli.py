@@ -8,13 +8,15 @@ import sys
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..registry import EMBEDDERS, make_embedder, open_store
+from ..registry import EMBEDDERS, check_onnx_options, make_embedder, open_store, with_onnx
 from ..sources import Item
 from .datasets import load_dataset
 from .evaluation import EvalReport, Query, evaluate
 from .report import format_table, write_html
 
 __all__ = ["add_command", "cmd_eval"]
+
+RUNTIMES = {"torch": None, "onnx-fp32": "fp32", "onnx-int8": "int8"}
 
 
 def add_command(subparsers: Any) -> None:
@@ -45,6 +47,12 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
                    help="model precision (default: fp32)")
+    p.add_argument("--runtime", action="append", default=[], choices=list(RUNTIMES), metavar="RUNTIME",
+                   help="torch (default), onnx-fp32 or onnx-int8 (ONNX Runtime on the CPU, [onnx] "
+                   "extra); repeat to compare them, one row per embedder and runtime")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="images for onnx-int8 to calibrate on (up to 100); use images that are not "
+                   "in the data set, or the figures flatter int8")
     p.add_argument("--json", action="store_true", help="print JSON (summary and per-query rows)")
     p.add_argument("--html", metavar="FILE", default=None,
                    help="write a self-contained HTML page: table, then every query's top-k, worst first")
@@ -62,6 +70,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     names = args.embedder or ["efficientnet-lite0"]
     if args.store is not None and len(names) > 1:
         raise ConfigurationError("--store holds one embedder's vectors; leave it out to compare several")
+    runtimes = args.runtime or ["torch"]
+    if args.calibration and "onnx-int8" not in runtimes:
+        raise ConfigurationError("--calibration is only used with --runtime onnx-int8")
+    if "onnx-int8" in runtimes:
+        check_onnx_options("int8", args.calibration)
+    if args.store is not None and len(runtimes) > 1:
+        raise ConfigurationError("--store holds one embedder's vectors; leave it out to compare runtimes")
     refinements = [parse_refinement(s) for s in (args.refine or ["none"])]
     data = load_dataset(args.dataset, queries_per_class=args.queries_per_class, seed=args.seed)
     progress = not args.quiet and not args.json
@@ -71,8 +86,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     queries = [Query(q.path, label=q.label, name=q.path.relative_to(data.root).as_posix())
                for q in data.queries]
     reports: list[EvalReport] = []
-    for name in names:
-        embedder = make_embedder(name, device=args.device, precision=args.precision)
+    rows = [(name, runtime) for name in names for runtime in runtimes]
+    for name, runtime in rows:
+        onnx = RUNTIMES[runtime]
+        embedder = make_embedder(name, device="cpu" if onnx else args.device, precision=args.precision)
+        if onnx:
+            embedder = with_onnx(embedder, onnx, args.calibration if onnx == "int8" else None)
+        label = name if onnx is None else f"{name} {runtime}"
         store = open_store(args.store) if args.store is not None else InMemoryStore()
         with ImageSearchIndex(embedder, store, batch_size=args.batch_size) as index:
             index.create_schema()
@@ -80,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for failure in added.failed:
                 print(f"lookalike: skipped {failure.source}: {failure.reason}", file=sys.stderr)
             for refine in refinements:
-                report = evaluate(index, queries, k=args.k, refine=refine, name=name, progress=progress)
+                report = evaluate(index, queries, k=args.k, refine=refine, name=label, progress=progress)
                 report.index_seconds = added.seconds
                 reports.append(report)
     if args.json:
