@@ -266,3 +266,19 @@ def test_a_cached_lite0_export_runs_without_importing_torch(tmp_path: Path) -> N
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_with_onnx_spreads_calibration_over_a_folder(tmp_path: Path) -> None:
+    from lookalike.registry import with_onnx
+
+    files = calibration_files(tmp_path / "many", 250)
+    emb = with_onnx(tiny_source(), "int8", tmp_path / "many")
+    assert isinstance(emb, OnnxEmbedder) and emb.quantize == "int8"
+    chosen = emb._calibration
+    assert len(chosen) == 100 and chosen[0] == files[0] and chosen[1] == files[2]  # every 2nd
+    assert isinstance(with_onnx(tiny_source(), "fp32"), OnnxEmbedder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigurationError, match="no images in the calibration folder"):
+        with_onnx(tiny_source(), "int8", tmp_path / "empty")
+    with pytest.raises(ConfigurationError, match="needs --calibration"):
+        with_onnx(tiny_source(), "int8")
