@@ -300,6 +300,9 @@ def test_image_preprocess_matches_torchvision_exactly() -> None:
             batch = fast.normalize(torch.from_numpy(np.stack([fast.pixels(img)] * 2)))
             assert batch.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(batch[1], want)
+            array = fast.normalize_array(np.stack([fast.pixels(img)] * 2))  # the numpy twin
+            assert array.dtype == np.float32 and array.flags.c_contiguous
+            assert torch.equal(torch.from_numpy(array[1]), want)
         grey = make_image(3, size=(300, 200)).convert("L")
         assert torch.equal(fast(grey), reference(grey.convert("RGB")))
 

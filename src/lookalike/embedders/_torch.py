@@ -135,6 +135,14 @@ class ImagePreprocess:
         x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
         return x.sub(mean).div(std).contiguous(memory_format=torch.channels_last)
 
+    def normalize_array(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """:meth:`normalize` in numpy, for runtimes without torch: ``(n, H, W, 3)`` uint8 ->
+        contiguous float32 ``(n, 3, H, W)``, the same float32 operations in the same order."""
+        mean = np.array(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.array(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
 

@@ -151,7 +151,7 @@ class OnnxEmbedder:
         out = []
         for start in range(0, len(items), self.batch_size):
             pixels = np.stack(items[start : start + self.batch_size])
-            features = session.run([_OUTPUT], {_INPUT: _model_input(pixels, self._preprocess)})[0]
+            features = session.run([_OUTPUT], {_INPUT: self._preprocess.normalize_array(pixels)})[0]
             out.append(np.asarray(features, dtype=np.float32).reshape(len(pixels), -1))
         features = np.concatenate(out) if len(out) > 1 else out[0]
         if features.shape[1] != self.dim:
@@ -252,8 +252,8 @@ class OnnxEmbedder:
         log.info("lookalike: exporting %r to ONNX", self.source)
         self.source._ensure_ready()  # loads the model and its weights
         module = copy.deepcopy(self.source._module).float().to("cpu").eval()
-        crop = self._preprocess.crop if self._preprocess else 224
-        example = torch.zeros(2, 3, crop, crop)
+        assert self._preprocess is not None
+        example = torch.zeros(2, 3, self._preprocess.crop, self._preprocess.crop)
         batch = torch.export.Dim("batch", min=1, max=4096)
         try:
             with torch.inference_mode(False), torch.no_grad():
@@ -282,7 +282,7 @@ class OnnxEmbedder:
             raise MissingDependencyError("onnx", "onnx", "OnnxEmbedder(quantize='int8')") from exc
         preprocess = self._preprocess
         assert preprocess is not None
-        inputs = iter([_model_input(np.stack(calibration[start : start + 16]), preprocess)
+        inputs = iter([preprocess.normalize_array(np.stack(calibration[start : start + 16]))
                        for start in range(0, len(calibration), 16)])
 
         class Batches(CalibrationDataReader):  # type: ignore[misc]
@@ -308,12 +308,3 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "absent"
-
-
-def _model_input(pixels: NDArray[np.uint8], preprocess: ImagePreprocess) -> NDArray[np.float32]:
-    """``(n, H, W, 3)`` uint8 -> normalised ``(n, 3, H, W)`` float32: the same float32
-    operations, in the same order, as :meth:`ImagePreprocess.normalize`."""
-    mean = np.array(preprocess.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.array(preprocess.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    x = pixels.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
