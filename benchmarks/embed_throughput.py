@@ -338,7 +338,9 @@ class AddMany:
         index = ImageSearchIndex(embedder=self.embedder, store=store, batch_size=self.batch,
                                  workers=self.workers, processes=self.processes)
         self.resolved_workers = index.workers
-        index.add_many(paths[:1])  # start the decode processes, if any (once per index)
+        index.add_many(paths[:1])  # start the decode processes, if any (once per index) ...
+        if index._decoder is not None:
+            index._decoder.wait_started()  # ... and time none of their start-up
         started = time.perf_counter()
         report = index.add_many(iter(paths[1:]))  # an iterator: streamed, no len()
         rate = (len(paths) - 1) / (time.perf_counter() - started)
@@ -364,7 +366,7 @@ def memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[str, 
 
     store = LocalStore(variant.store_dir / "stream.lookalike")
     index = ImageSearchIndex(embedder=variant.embedder, store=store, batch_size=variant.batch,
-                             workers=variant.workers)
+                             workers=variant.workers, processes=variant.processes)
     started = time.perf_counter()
     with RssMonitor() as mon:
         report = index.add_many(stream())
@@ -372,7 +374,7 @@ def memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[str, 
     assert len(report.added) == total, str(report)
     index.close()
     tenth = [r for i, r in samples if i >= total // 10]
-    return {"images": total, "img_per_s": total / seconds, "rss_mib_samples": samples,
+    return {"images": total, "img_per_s": total / seconds, "processes": variant.processes, "rss_mib_samples": samples,
             "rss_at_10pct_mib": tenth[0], "rss_max_after_10pct_mib": max(tenth),
             "rss_peak_mib": mon.summary()["rss_peak_mib"]}
 
@@ -389,6 +391,9 @@ def main() -> None:
     ap.add_argument("--model-batch", type=int, default=None,
                     help="forward batch for (c) (default: the embedder's, 16 on CPU)")
     ap.add_argument("--workers", type=int, default=None, help="decode workers for (c) (default: the index's)")
+    ap.add_argument("--processes", action="store_true",
+                    help="(c) decodes in worker processes (ImageSearchIndex(processes=True)); --configs "
+                    "variants choose for themselves with the p flag")
     ap.add_argument("--skip-tutorial", action="store_true", help="skip (a)")
     ap.add_argument("--make-large", type=Path, default=None,
                     help="write ~12 MP JPEGs made from the --images used into this folder (files already "
@@ -466,7 +471,8 @@ def main() -> None:
         variants["b_ceiling"] = ceiling
         for precision in args.precision.split(","):
             variants[f"c_add_many_{precision}"] = AddMany(store_dir, precision, args.batch, args.workers,
-                                                          args.model_batch, device, model=args.model)
+                                                          args.model_batch, device, args.processes,
+                                                          model=args.model)
         first_precision = args.precision.split(",")[0]
         first_c = f"c_add_many_{first_precision}"
         for config in filter(None, args.configs.split(",")):
@@ -510,7 +516,7 @@ def main() -> None:
                 start_rss.setdefault(key, summary["rss_start_mib"])
                 peaks[key].append(summary["rss_peak_mib"])
                 print(f"  round {r + 1}/{args.rounds} {key}: {rates[key][-1]:.1f} img/s, "
-                      f"{cpu_ms[key][-1]:.0f} CPU-ms/img, peak RSS {summary['rss_peak_mib']:.0f} MiB, "
+                      f"{cpu_ms[key][-1]:.2f} CPU-ms/img, peak RSS {summary['rss_peak_mib']:.0f} MiB, "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
         for key, variant in variants.items():
             row: dict[str, Any] = {
@@ -561,7 +567,7 @@ def main() -> None:
         ratios = [row.get(f"ratio_c_over_{x}") for x in "abd"]
         if "ratio_large_over_small" in row:
             key = f"{key} ({row['ratio_large_over_small']:.2f}x small)"
-        print(f"{key:40s}{row['img_per_s']:8.1f}{row['img_per_s_best']:8.1f}{row['cpu_ms_per_img']:11.0f}"
+        print(f"{key:40s}{row['img_per_s']:8.1f}{row['img_per_s_best']:8.1f}{row['cpu_ms_per_img']:11.2f}"
               f"{row['rss_peak_mib']:14.0f}" + "".join("" if r is None else f"{r:9.2f}" for r in ratios))
     print("(median over rounds; ratios are medians of per-round ratios; "
           f"(b) = {ceiling.precision} batch {ceiling.batch})")

@@ -148,7 +148,7 @@ def decode_image(
         raise ImageLoadError(name, f"too many pixels (decompression bomb guard): {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             reason = "truncated file (" + reason + ")"
         raise ImageLoadError(name, f"cannot decode: {reason}") from None
 
@@ -165,7 +165,7 @@ def _to_rgb(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
         img.load()  # a PIL image opened lazily by the caller may still be truncated or damaged
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             reason = "truncated file (" + reason + ")"
         raise ImageLoadError(name, f"cannot decode: {reason}") from None
     if getattr(img, "is_animated", False):
