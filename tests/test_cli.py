@@ -316,3 +316,66 @@ def test_index_and_search_with_onnx_int8(capsys: pytest.CaptureFixture[str], sto
     # the store keeps the model's identity, so the torch embedder searches it too
     torch_hits = run_json(capsys, "search", str(query), "-k", "3", "--store", store)
     assert torch_hits["hits"][0]["path"] == str(query.resolve())
+
+
+def test_index_decode_processes_gives_the_same_index_as_threads(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lookalike.cli
+
+    built: list[Any] = []
+    real = lookalike.cli.ImageSearchIndex
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(lookalike.cli, "ImageSearchIndex", spy)
+    summaries, vectors = {}, {}
+    for decode in ("threads", "processes"):
+        target = str(tmp_path / f"{decode}.lookalike")
+        summaries[decode] = run_json(capsys, "index", str(image_dir), "--store", target,
+                                     "--embedder", "fake", "--decode", decode)
+        assert built[-1].processes == (decode == "processes")
+        assert built[-1].batch_size == (128 if decode == "processes" else 32)
+        with LocalStore(target) as s:
+            vectors[decode] = {r.id: r.vector.tolist() for batch in s.scan() for r in batch}
+    for summary in summaries.values():
+        summary.pop("seconds")
+    assert summaries["processes"] == summaries["threads"] and summaries["threads"]["added"] == 12
+    assert vectors["processes"] == vectors["threads"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--decode", "processes"], True),
+    (["--decode", "threads", "--device", "cuda"], False),
+    (["--device", "cuda:1"], True),  # auto: the model runs on CUDA
+    (["--device", "cpu"], False),
+])
+def test_decode_auto_means_processes_when_a_torch_model_runs_on_cuda(argv: list[str], expected: bool) -> None:
+    from lookalike.cli import _decode_in_processes, build_parser
+    from lookalike.embedders import ResNet50Embedder
+
+    args = build_parser().parse_args(["index", "photos", *argv])
+    assert _decode_in_processes(args, ResNet50Embedder(weights=None)) is expected  # built lazily: no torch yet
+
+
+def test_decode_auto_uses_threads_for_models_that_run_on_the_cpu() -> None:
+    from lookalike.cli import _decode_in_processes, build_parser
+    from lookalike.embedders import FakeEmbedder
+
+    args = build_parser().parse_args(["index", "photos", "--device", "cuda"])
+    assert _decode_in_processes(args, FakeEmbedder()) is False  # and ONNX Runtime's, likewise
+    assert _decode_in_processes(build_parser().parse_args(["index", "p", "--decode", "processes"]),
+                                FakeEmbedder()) is True
+
+
+def test_decode_auto_on_auto_device_asks_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from lookalike.cli import _decode_in_processes, build_parser
+    from lookalike.embedders import ResNet50Embedder
+
+    args = build_parser().parse_args(["index", "photos"])
+    for available in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert _decode_in_processes(args, ResNet50Embedder(weights=None)) is available

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, sources
+from .embedders._torch import import_torch
 from .errors import ConfigurationError, ImageSearchError
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
@@ -86,7 +87,23 @@ def open_index(args: argparse.Namespace, *, for_writing: bool = False) -> ImageS
     except BaseException:
         store.close()
         raise
-    return ImageSearchIndex(embedder=embedder, store=store)
+    return ImageSearchIndex(embedder=embedder, store=store, processes=_decode_in_processes(args, embedder))
+
+
+def _decode_in_processes(args: argparse.Namespace, embedder: Embedder) -> bool:
+    """``--decode``: ``auto`` decodes in processes when a torch model runs on CUDA (there
+    the threads' GIL is the bottleneck; on a CPU the cores are busy with the model)."""
+    decode = getattr(args, "decode", "threads")
+    if decode != "auto":
+        return bool(decode == "processes")
+    from .embedders._torch import TorchEmbedder
+
+    if not isinstance(embedder, TorchEmbedder):  # the fake, or ONNX Runtime on the CPU
+        return False
+    if args.device != "auto":
+        return str(args.device).startswith("cuda")
+    torch = import_torch(type(embedder).__name__)  # the model needs it anyway
+    return bool(torch.cuda.is_available())
 
 
 def _open_existing(spec: str | None) -> VectorStore:
@@ -325,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", action="append", default=[], metavar="NAME",
                    help="metadata field to make filterable (default: path, label)")
     p.add_argument("--prune", action="store_true", help="also delete records whose files are gone")
-    p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per embedding batch (default 32, or 128 when decoding in processes)")
+    p.add_argument("--decode", choices=["auto", "threads", "processes"], default="auto",
+                   help="where images are read and decoded: worker threads, or worker processes (free "
+                   "of the GIL; best on a GPU). auto (default): processes when the model runs on CUDA")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     add_index_options(p)
