@@ -169,3 +169,24 @@ def test_done_tells_unchanged_from_failed_and_loaded() -> None:
     assert not Done("abc", "cannot decode", None, None).unchanged
     assert not Done("abc", None, None, ((2,), "|u1")).unchanged
     assert not Done(None, None, np.zeros(2), None).unchanged
+
+
+def test_processes_that_cannot_start_leave_the_work_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    def refuse(self: ProcessPoolExecutor, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", refuse)
+    paths = _folder(tmp_path, 8)
+    by_threads, threads_report = _add(paths, processes=False)
+    with caplog.at_level("WARNING", logger="lookalike"):
+        by_processes, report = _add(paths, processes=True)
+    assert "decoding in threads instead" in caplog.text
+    assert report.added == threads_report.added and len(report.added) == 8
+    assert [f.reason for f in report.failed] == [f.reason for f in threads_report.failed]
+    for rid in report.added:
+        np.testing.assert_array_equal(by_processes.get(rid).vector, by_threads.get(rid).vector)
+    by_processes.close()

@@ -211,12 +211,15 @@ class DecodeProcesses:
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
             max_workers=size, mp_context=spawn, initializer=_start, initargs=(prepare, self._started),
         )
+        self._lock = threading.Lock()
         # The pool spawns a process only when a task finds none idle, so a short first
         # add_many would start one and the rest would start (importing numpy, Pillow and
         # lookalike: 0.3 s of CPU each) in the middle of the next. Start them all now.
-        for _ in range(size):
-            self._pool.submit(_no_op)
-        self._lock = threading.Lock()
+        try:
+            for _ in range(size):
+                self._pool.submit(_no_op)
+        except (OSError, RuntimeError) as exc:  # cannot start processes here (limits, sandbox)
+            self.mark_broken(exc)
 
     def wait_started(self, timeout: float = 60.0) -> bool:
         """Wait until every process has started; ``False`` if ``timeout`` passed first
