@@ -14,7 +14,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from lookalike import ImageSearchIndex
+from lookalike import ImageSearchIndex, StoreError
 from lookalike import _processes as processes_module
 from lookalike._processes import DecodeProcesses, Done, SlotArena
 from lookalike.embedders import FakeEmbedder
@@ -190,3 +190,21 @@ def test_processes_that_cannot_start_leave_the_work_to_threads(
     for rid in report.added:
         np.testing.assert_array_equal(by_processes.get(rid).vector, by_threads.get(rid).vector)
     by_processes.close()
+
+
+def test_a_store_error_with_processes_propagates_and_frees_the_arena(
+    tmp_path: Path, arenas: list[SlotArena]
+) -> None:
+    from .test_pipeline import FailingStore, _lookalike_threads, _run_with_deadline
+
+    paths = [p for p in _folder(tmp_path, 40) if p.name not in ("missing.png", "broken.jpg")]
+    store = FailingStore()
+    index = ImageSearchIndex(embedder=PixelEmbedder(), store=store, workers=2, batch_size=4, processes=True)
+    with pytest.raises(StoreError, match="disk full"):
+        _run_with_deadline(lambda: index.add_many(paths))
+    assert store.count() == 12  # every batch before the failure is stored
+    assert not _lookalike_threads()
+    assert arenas and all(a.name.lstrip("/") not in os.listdir("/dev/shm") for a in arenas)
+    index.store.upsert = InMemoryStore.upsert.__get__(store)  # type: ignore[method-assign]  # the disk has room again
+    assert len(index.add_many(paths).added) == 28  # the same processes carry on
+    index.close()
