@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, sources
-from .embedders._torch import import_torch
+from .embedders._torch import TorchEmbedder, import_torch
 from .errors import ConfigurationError, ImageSearchError
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
@@ -96,8 +96,6 @@ def _decode_in_processes(args: argparse.Namespace, embedder: Embedder) -> bool:
     decode = getattr(args, "decode", "threads")
     if decode != "auto":
         return bool(decode == "processes")
-    from .embedders._torch import TorchEmbedder
-
     if not isinstance(embedder, TorchEmbedder):  # the fake, or ONNX Runtime on the CPU
         return False
     if args.device != "auto":

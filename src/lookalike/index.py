@@ -104,6 +104,11 @@ class _Chunk:
     items: list[_Pending] = field(default_factory=list)
 
 
+#: Images handed to one decode process: its answer (``None`` if the pool was broken),
+#: the items, and the arena slots they write into.
+_Group = tuple["Future[list[Done]] | None", list[_Pending], list[int]]
+
+
 class ImageSearchIndex:
     """Search images by image: embed with an :class:`~lookalike.Embedder`, keep the
     vectors in a :class:`~lookalike.VectorStore`.
@@ -451,13 +456,9 @@ class ImageSearchIndex:
         if item.error is not None:
             return
         if item.input is not None:  # a read deferred to the decode processes, which broke
-            path, item.input = item.input, None
-            try:
-                item.encoded = read_image_bytes(path)
-            except ImageLoadError as exc:
-                item.error = exc.reason
+            self._prepare(item)
+            if item.error is not None:
                 return
-            _set_hash(item, item.encoded.sha256)
             if item.existing is not None and _same_content(item, item.existing):
                 item.encoded = None
                 return
@@ -483,7 +484,7 @@ class ImageSearchIndex:
 
     def _submit_to_processes(
         self, items: list[_Pending], processes: DecodeProcesses, arena: SlotArena | None
-    ) -> list[tuple[Future[list[Done]] | None, list[_Pending], list[int]]]:
+    ) -> list[_Group]:
         """Hand files and bytes to the decode processes, in about one group per process."""
         min_size = getattr(self.embedder, "image_size", None)
         n_groups = min(len(items), processes.size)
@@ -504,7 +505,7 @@ class ImageSearchIndex:
 
     def _finish_group(
         self,
-        group: tuple[Future[list[Done]] | None, list[_Pending], list[int]],
+        group: _Group,
         processes: DecodeProcesses,
         arena: SlotArena | None,
         pool: ThreadPoolExecutor,
@@ -560,7 +561,7 @@ class ImageSearchIndex:
         arena: SlotArena | None = None
 
         def hand_over(
-            chunk: _Chunk, decoding: list[Future[None]], groups: list[Any], pool: ThreadPoolExecutor
+            chunk: _Chunk, decoding: list[Future[None]], groups: list[_Group], pool: ThreadPoolExecutor
         ) -> None:
             for future in decoding:
                 future.result()  # re-raises what a worker raised
@@ -576,7 +577,7 @@ class ImageSearchIndex:
 
         def produce(pool: ThreadPoolExecutor) -> None:
             nonlocal arena
-            in_flight: collections.deque[tuple[_Chunk, list[Future[None]], list[Any]]] = collections.deque()
+            in_flight: collections.deque[tuple[_Chunk, list[Future[None]], list[_Group]]] = collections.deque()
             prepare = functools.partial(self._prepare, defer_read=processes is not None)
             try:
                 while not stop.is_set():
@@ -592,7 +593,7 @@ class ImageSearchIndex:
                             p.encoded = p.image = None  # unchanged content: no need to decode
                     todo = [p for p in chunk.items if p.error is None and
                             (p.encoded is not None or p.image is not None or p.input is not None)]
-                    groups: list[Any] = []
+                    groups: list[_Group] = []
                     if processes is not None and not processes.broken:
                         if arena is None and processes.slot_bytes is not None:
                             # slots for the two chunks in flight; a job without one sends its array back pickled
@@ -816,7 +817,7 @@ def _set_hash(item: _Pending, sha256: str) -> None:
     item.metadata[HASH_FIELD] = sha256
 
 
-def _cancel(in_flight: Iterable[tuple[_Chunk, list[Future[None]], list[Any]]]) -> None:
+def _cancel(in_flight: Iterable[tuple[_Chunk, list[Future[None]], list[_Group]]]) -> None:
     for _, decoding, groups in in_flight:
         for future in decoding:
             future.cancel()
