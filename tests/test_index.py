@@ -514,7 +514,9 @@ def _lookalike_threads() -> list[str]:
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        alive = [t.name for t in threading.enumerate() if t.name.startswith("lookalike")]
+        # add_many's threads; an embedder's CPU streams (lookalike-forward) live as long as it
+        alive = [t.name for t in threading.enumerate()
+                 if t.name.startswith("lookalike") and not t.name.startswith("lookalike-forward")]
         if not alive:
             break
         time.sleep(0.05)

@@ -43,7 +43,9 @@ class PreparingEmbedder(FakeEmbedder):
 
 
 def _lookalike_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("lookalike-")]
+    # add_many's threads; an embedder's CPU streams (lookalike-forward) live as long as it
+    return [t for t in threading.enumerate()
+            if t.name.startswith("lookalike-") and not t.name.startswith("lookalike-forward")]
 
 
 def _run_with_deadline(fn: Any, seconds: float = 60.0) -> Any:

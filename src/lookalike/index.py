@@ -104,6 +104,39 @@ class _Chunk:
     items: list[_Pending] = field(default_factory=list)
 
 
+@dataclass
+class _Embedding:
+    """One chunk after sorting: records to write as they are, and the items being embedded."""
+
+    ready: list[Record]
+    outcome: list[tuple[str, str]]
+    to_embed: list[_Pending]
+    n_items: int
+    vectors: NDArray[np.float32] | None = None
+    pending: Any = None  # PendingVectors of the rows in pending_rows, still being embedded
+    pending_rows: list[int] = field(default_factory=list)
+    overlaps: bool = False  # the next chunk may start before this one is collected
+    embedder: Any = None
+
+    def records(self) -> tuple[list[Record], list[tuple[str, str]]]:
+        """Wait for the vectors; all records to write, and what each write means."""
+        if self.pending is not None:
+            vectors = self.pending.result()
+            assert self.vectors is not None
+            self.vectors[self.pending_rows] = _check_vectors(vectors, len(self.pending_rows), self.embedder)
+            self.pending = None
+        records, outcome = list(self.ready), list(self.outcome)
+        for p, vec in zip(self.to_embed, self.vectors if self.vectors is not None else ()):
+            assert p.id is not None
+            records.append(Record(p.id, vec, p.metadata))
+            outcome.append(("updated" if p.existed else "added", p.id))
+        return records, outcome
+
+    def cancel(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+
+
 #: Images handed to one decode process: its answer (``None`` if the pool was broken),
 #: the items, and the arena slots they write into.
 _Group = tuple["Future[list[Done]] | None", list[_Pending], list[int]]
@@ -330,31 +363,54 @@ class ImageSearchIndex:
 
         bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
         # Three stages run at once: the producer thread reads, hashes and decodes chunk
-        # N+2 (with `workers` threads), this thread embeds chunk N+1, and the writer
-        # thread upserts chunk N. At most one write is in flight, so report order is
-        # input order and a failure leaves every earlier batch stored.
+        # N+2 (with `workers` threads), the model embeds chunk N+1, and the writer thread
+        # upserts chunk N. Embedders with `submit_prepared` (torch on CPU streams) get
+        # chunk N+2 queued before chunk N+1 is collected, so no stream idles between
+        # chunks. At most one write is in flight, so report order is input order and a
+        # failure leaves every earlier batch stored.
         writing: tuple[Future[None], list[tuple[str, str]], int] | None = None
+        embedding: _Embedding | None = None
+
+        def write(done: _Embedding) -> None:
+            nonlocal writing
+            records, outcome = done.records()
+            if writing is not None:
+                self._finish_write(writing, report, bar)
+                writing = None
+            if records:
+                writing = (writer.submit(self.store.upsert, _last_wins(records)), outcome, done.n_items)
+            else:
+                self._record_outcome(outcome, report)
+                bar.update(done.n_items)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-store") as writer, \
                 contextlib.closing(self._prepared_chunks(pending, size, self._decode_processes())) as chunks:
             try:
                 for chunk in chunks:
-                    records, outcome = self._embed_chunk(chunk, report, seen, on_error)
-                    n_items = len(chunk.items)
+                    try:
+                        following = self._start_chunk(chunk, report, seen, on_error)
+                    except Exception:  # e.g. on_error="raise": the chunk before still lands
+                        if embedding is not None:
+                            landing, embedding = embedding, None
+                            write(landing)
+                        raise
                     del chunk
-                    if writing is not None:
-                        self._finish_write(writing, report, bar)
-                        writing = None
-                    if records:
-                        future = writer.submit(self.store.upsert, _last_wins(records))
-                        writing = (future, outcome, n_items)
-                    else:
-                        self._record_outcome(outcome, report)
-                        bar.update(n_items)
+                    previous, embedding = embedding, following
+                    if previous is not None:
+                        write(previous)
+                    if not embedding.overlaps:
+                        write(embedding)
+                        embedding = None
+                if embedding is not None:
+                    write(embedding)
+                    embedding = None
                 if writing is not None:
                     self._finish_write(writing, report, bar)
                     writing = None
             finally:
-                if writing is not None:  # an error above: let the batch in flight land first
+                if embedding is not None:  # an error above: drop the batches not started
+                    embedding.cancel()
+                if writing is not None:  # ... and let the batch in flight land first
                     writing[0].exception()
                 bar.close()
                 report.seconds = time.perf_counter() - started
@@ -635,10 +691,10 @@ class ImageSearchIndex:
                 if arena is not None:
                     arena.close()
 
-    def _embed_chunk(
+    def _start_chunk(
         self, chunk: _Chunk, report: AddReport, seen: set[str], on_error: str
-    ) -> tuple[list[Record], list[tuple[str, str]]]:
-        """Sort a chunk into failed / unchanged / to embed; embed; return records to write."""
+    ) -> _Embedding:
+        """Sort a chunk into failed / unchanged / to embed, and start embedding."""
         to_embed: list[_Pending] = []
         records: list[Record] = []
         outcome: list[tuple[str, str]] = []
@@ -659,23 +715,26 @@ class ImageSearchIndex:
                     outcome.append(("updated", p.id))
                 continue
             to_embed.append(p)
+        embedding = _Embedding(records, outcome, to_embed, len(chunk.items))
         if to_embed:
-            vectors = self._embed_items(to_embed)
-            for p, vec in zip(to_embed, vectors):
-                assert p.id is not None
-                records.append(Record(p.id, vec, p.metadata))
-                outcome.append(("updated" if p.existed else "added", p.id))
-        return records, outcome
+            self._embed_items(embedding)
+        return embedding
 
-    def _embed_items(self, items: list[_Pending]) -> NDArray[np.float32]:
+    def _embed_items(self, embedding: _Embedding) -> None:
         embedder = self.embedder
+        items = embedding.to_embed
         prepared = [i for i, p in enumerate(items) if p.tensor is not None]
         plain = [i for i, p in enumerate(items) if p.tensor is None]
-        out = np.empty((len(items), embedder.dim), dtype=np.float32)
+        out = embedding.vectors = np.empty((len(items), embedder.dim), dtype=np.float32)
         if prepared:
-            embed_prepared = getattr(embedder, "embed_prepared")  # noqa: B009
-            vectors = embed_prepared([items[i].tensor for i in prepared])
-            out[prepared] = _check_vectors(vectors, len(prepared), embedder)
+            tensors = [items[i].tensor for i in prepared]
+            submit = getattr(embedder, "submit_prepared", None)
+            if submit is not None:
+                embedding.pending, embedding.pending_rows = submit(tensors), prepared
+                embedding.overlaps = bool(getattr(embedding.pending, "in_background", True))
+            else:
+                embed_prepared = getattr(embedder, "embed_prepared")  # noqa: B009
+                out[prepared] = _check_vectors(embed_prepared(tensors), len(prepared), embedder)
         if plain:
             images = [img for i in plain if (img := items[i].image) is not None]
             vectors = embedder.embed(images)
@@ -683,7 +742,7 @@ class ImageSearchIndex:
         for p in items:
             p.tensor = None
             p.image = None
-        return out
+        embedding.embedder = embedder
 
     # -- searching ---------------------------------------------------------------------
     def search(self, query: QueryInput, k: int = 10, *, filter: Filter | None = None) -> list[Hit]:

@@ -33,12 +33,13 @@ class EfficientNetLite0Embedder(TorchEmbedder):
     """
 
     def __init__(
-        self, *, device: str = "auto", precision: str = "auto", batch_size: int | None = None
+        self, *, device: str = "auto", precision: str = "auto", batch_size: int | None = None,
+        streams: int | None = None,
     ) -> None:
         self._init_common(
             dim=1280,
             identity=f"efficientnet-lite0:{_WEIGHTS_TAG}:resize256-crop224-bicubic-mean0.5-std0.5:avgpool-l2",
-            device=device, precision=precision, batch_size=batch_size, image_size=256,
+            device=device, precision=precision, batch_size=batch_size, image_size=256, streams=streams,
         )
 
     def _load(self) -> tuple[Any, Callable[[Image.Image], Any]]:

@@ -126,7 +126,7 @@ class TorchvisionEmbedder(TorchEmbedder):
             or ``None`` for random weights (seeded, so reproducible; for tests and chance-level
             baselines only; never chosen silently).
         resize, crop: override the weights' preprocessing sizes.
-        device, precision, batch_size: see :class:`TorchEmbedder`; ``precision``
+        device, precision, batch_size, streams: see :class:`TorchEmbedder`; ``precision``
             defaults to ``"auto"`` (bf16 on AMX / AVX512-BF16 CPUs, fp16 on CUDA).
 
     Weights are downloaded by torchvision on first use into torch's hub cache
@@ -145,6 +145,7 @@ class TorchvisionEmbedder(TorchEmbedder):
         device: str = "auto",
         precision: str = "auto",
         batch_size: int | None = None,
+        streams: int | None = None,
     ) -> None:
         tv = _import_torchvision(type(self).__name__)
         if arch not in tv.models.list_models(module=tv.models):
@@ -185,7 +186,7 @@ class TorchvisionEmbedder(TorchEmbedder):
         )
         dim = _KNOWN_DIMS.get(arch) or self._probe_dim(tv)
         self._init_common(dim=dim, identity=identity, device=device, precision=precision,
-                          batch_size=batch_size, image_size=self._resize)
+                          batch_size=batch_size, image_size=self._resize, streams=streams)
 
     def _probe_dim(self, tv: Any) -> int:
         torch = import_torch(type(self).__name__)
@@ -250,7 +251,7 @@ class ResNet50Embedder(TorchvisionEmbedder):
         weights: ``"IMAGENET1K_V2"`` (default), ``"IMAGENET1K_V1"``, a path to a
             ``state_dict`` file (e.g. a copy of ``resnet50-11ad3fa6.pth``), or ``None``
             for random weights (tests only).
-        device, precision, batch_size: see :class:`TorchEmbedder`; ``precision``
+        device, precision, batch_size, streams: see :class:`TorchEmbedder`; ``precision``
             defaults to ``"auto"`` (bf16 on AMX / AVX512-BF16 CPUs, fp16 on CUDA).
 
     >>> emb = ResNet50Embedder()                      # downloads once, then cached  # doctest: +SKIP
@@ -264,10 +265,11 @@ class ResNet50Embedder(TorchvisionEmbedder):
         device: str = "auto",
         precision: str = "auto",
         batch_size: int | None = None,
+        streams: int | None = None,
     ) -> None:
         super().__init__(
             "resnet50", weights, resize=256, crop=224, device=device, precision=precision,
-            batch_size=batch_size,
+            batch_size=batch_size, streams=streams,
         )
 
 
