@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["ForwardStreams", "ImagePreprocess", "TorchEmbedder", "cpu_has_native_bf16", "import_torch"]
+__all__ = ["ForwardStreams", "ImagePreprocess", "PendingVectors", "TorchEmbedder", "cpu_has_native_bf16",
+           "import_torch"]
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +191,6 @@ class ForwardStreams:
 
     def submit(self, fn: Callable[[Any], Any], part: Any) -> Future[Any]:
         return self._pool.submit(fn, part)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
 
 
 class PendingVectors:

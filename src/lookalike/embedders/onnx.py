@@ -58,9 +58,9 @@ class OnnxEmbedder:
 
     Measured on a 2-core Xeon with AMX (docs/performance.md): EfficientNet-Lite0's
     forward pass runs 1.7x faster in fp32 and 3.7x faster in int8 than torch's bf16
-    autocast (``add_many`` end to end: 1.5x and 2.1x), at the same hit ratio@10 (0.622
-    int8 vs 0.620 fp32); ResNet50's runs 0.43x in fp32 (plain fp32 against torch's AMX
-    bf16) and 1.5x in int8. Exporting takes 4 s, quantizing 6-15 s, once.
+    autocast (``add_many`` end to end, against torch in its CPU streams: 1.3x and 1.8x),
+    at the same hit ratio@10 (0.622 int8 vs 0.620 fp32); ResNet50's runs 0.43x in fp32
+    (plain fp32 against torch's AMX bf16) and 1.5x in int8. Exporting takes 4 s, quantizing 6-15 s, once.
 
     ``dim`` and ``identity`` are the source's: fp32 vectors match torch's (cosine 1.0)
     and int8 ones stay close (mean cosine 0.993), so a store built with one can be
