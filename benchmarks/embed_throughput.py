@@ -6,7 +6,8 @@ In one process, on the same images:
     rebuilt per call, autograd on, fp32, one single-record upsert per image (on a GPU
     machine its model is moved to the GPU);
 (b) the ResNet50 forward alone (already preprocessed tensors, inference mode,
-    channels_last) at the best batch size and precision (a short sweep): the ceiling;
+    channels_last) at the best batch size, precision and number of CPU streams (a short
+    sweep): the ceiling;
 (c) ``ImageSearchIndex.add_many`` into a fresh ``LocalStore``, end to end (read, hash,
     decode, preprocess, embed, store), once per ``--precision`` and per ``--configs``;
 (c) with ``--onnx fp32,int8``: the same with :class:`~lookalike.embedders.OnnxEmbedder`
@@ -55,7 +56,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lookalike import ImageSearchIndex  # noqa: E402
-from lookalike.embedders._torch import cpu_has_native_bf16  # noqa: E402
+from lookalike.embedders._torch import ForwardStreams, cpu_has_native_bf16  # noqa: E402
 from lookalike.images import IMAGE_EXTENSIONS  # noqa: E402
 from lookalike.index import default_workers  # noqa: E402
 from lookalike.stores.local import LocalStore  # noqa: E402
@@ -209,7 +210,8 @@ class Ceiling:
             model = embedder._load()[0]
         self.device = torch.device(device)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-        self.precision, self.batch = "fp32", 32
+        self.precision, self.batch, self.streams = "fp32", 32, 1
+        self._streams: dict[int, ForwardStreams] = {}
 
     def _sync(self) -> None:
         import torch
@@ -217,13 +219,13 @@ class Ceiling:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def rate(self, batch: int, precision: str, n: int) -> float:
+    def rate(self, batch: int, precision: str, n: int, streams: int = 1) -> float:
         import torch
 
         x = torch.randn(batch, 3, 224, 224, device=self.device).contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
-        def step() -> None:
+        def step(_: object = None) -> None:
             with torch.inference_mode():
                 if dtype is None:
                     self.model(x)
@@ -231,33 +233,41 @@ class Ceiling:
                     with torch.autocast(self.device.type, dtype=dtype):
                         self.model(x)
 
+        steps = max(1, round(n / batch))
+        if streams > 1:  # side by side on the CPU, as TorchEmbedder(streams=...) runs them
+            pool = self._streams.setdefault(streams, ForwardStreams(streams))
+            pool.map(step, [None] * streams)  # warm-up
+            started = time.perf_counter()
+            pool.map(step, [None] * steps)
+            return steps * batch / (time.perf_counter() - started)
         for _ in range(3 if self.device.type == "cuda" else 1):  # warm-up
             step()
         self._sync()
-        steps = max(1, round(n / batch))
         started = time.perf_counter()
         for _ in range(steps):
             step()
         self._sync()
         return steps * batch / (time.perf_counter() - started)
 
-    def sweep(self, batches: list[int], precisions: list[str]) -> dict[str, float]:
+    def sweep(self, batches: list[int], precisions: list[str], streams: tuple[int, ...] = (1,)) -> dict[str, float]:
         found = {}
         for precision in precisions:
-            for batch in batches:
-                n = max(2 * batch, 64) if self.device.type == "cpu" else max(8 * batch, 2048)
-                found[f"{precision}/b{batch}"] = self.rate(batch, precision, n)
-                print(f"  (b) sweep {precision} batch {batch}: {found[f'{precision}/b{batch}']:.1f} img/s",
-                      flush=True)
+            for count in streams:
+                for batch in batches:
+                    n = max(2 * batch * count, 64) if self.device.type == "cpu" else max(8 * batch, 2048)
+                    key = f"{precision}/b{batch}/s{count}"
+                    found[key] = self.rate(batch, precision, n, count)
+                    print(f"  (b) sweep {precision} batch {batch} streams {count}: {found[key]:.1f} img/s",
+                          flush=True)
         best = max(found, key=lambda k: found[k])
-        self.precision, batch = best.split("/b")
-        self.batch = int(batch)
+        precision, batch, count = best.split("/")
+        self.precision, self.batch, self.streams = precision, int(batch[1:]), int(count[1:])
         return found
 
     def run(self, paths: list[Path]) -> float:
         n = len(paths) if self.device.type == "cpu" else max(len(paths), 8 * self.batch)
         self.last_n = max(1, round(n / self.batch)) * self.batch
-        return self.rate(self.batch, self.precision, n)
+        return self.rate(self.batch, self.precision, n, self.streams)
 
 
 # -- (d) the decode ceiling -----------------------------------------------------------
@@ -315,13 +325,16 @@ class AddMany:
     def __init__(self, store_dir: Path, precision: str, batch: int, workers: int | None,
                  model_batch: int | None, device: str = "auto", processes: bool = False,
                  cuda_graphs: bool = True, model: str = "resnet50", onnx: str | None = None,
-                 calibration: list[Path] | None = None) -> None:
+                 calibration: list[Path] | None = None, streams: int | None = None,
+                 overlap: bool = True) -> None:
         from PIL import Image
 
         self.store_dir, self.batch, self.workers, self.processes = store_dir, batch, workers, processes
         self.embedder: Any = torch_embedder(model, precision=precision, batch_size=model_batch,
-                                            device=device)
+                                            device=device, streams=streams)
         self.embedder.cuda_graphs = cuda_graphs
+        if not overlap:  # add_many then embeds each chunk to the end before it starts the next
+            self.embedder.submit_prepared = None
         if onnx is not None:  # the same model run by ONNX Runtime (exported into store_dir)
             from lookalike.embedders import OnnxEmbedder
 
@@ -413,7 +426,7 @@ def main() -> None:
     ap.add_argument("--configs", default="",
                     help="extra (c) variants with the first --precision, comma list of "
                     "CHUNK/MODEL_BATCH/WORKERS[/FLAGS] (e.g. 256/128/16/pe); 0 keeps a default; flags: p "
-                    "decode in processes (default: threads), e: no CUDA graphs")
+                    "decode in processes (default: threads), e: no CUDA graphs, 1: one CPU stream (streams=1), o: no overlap of consecutive chunks on the CPU streams")
     ap.add_argument("--model", choices=MODELS, default="resnet50",
                     help="the model of (b) and (c) ((a) is always the tutorial's ResNet50)")
     ap.add_argument("--onnx", default="",
@@ -465,7 +478,7 @@ def main() -> None:
         ceiling = Ceiling(device, args.model)
         if device == "cpu":
             precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
-            sweep = ceiling.sweep([8, 16, 32], precisions)
+            sweep = ceiling.sweep([8, 16, 32], precisions, (1, 2) if torch.get_num_threads() >= 2 else (1,))
         else:
             sweep = ceiling.sweep([64, 128, 256], ["fp16", "bf16"])
         variants["b_ceiling"] = ceiling
@@ -482,7 +495,7 @@ def main() -> None:
             variants[f"{first_c}_c{chunk}_m{model_batch}_w{workers}{flags}"] = AddMany(
                 store_dir, first_precision, int(chunk) or args.batch, int(workers) or args.workers,
                 int(model_batch) or args.model_batch, device, processes, cuda_graphs="e" not in flags,
-                model=args.model)
+                model=args.model, streams=1 if "1" in flags else None, overlap="o" not in flags)
         for quantize in filter(None, args.onnx.split(",")):
             variants[f"c_add_many_onnx_{quantize}"] = AddMany(
                 store_dir, "fp32", args.batch, args.workers, args.model_batch, "cpu", model=args.model,
@@ -527,11 +540,12 @@ def main() -> None:
                 "rss_peak_growth_mib": max(peaks[key]) - start_rss[key],
             }
             if key == "b_ceiling":
-                row.update(precision=ceiling.precision, batch=ceiling.batch, sweep=sweep)
+                row.update(precision=ceiling.precision, batch=ceiling.batch, streams=ceiling.streams, sweep=sweep)
             if key.startswith("c_"):
                 emb = variant.embedder
                 row.update(resolved_precision=getattr(emb, "precision", None) or f"onnx-{emb.quantize or 'fp32'}",
                            workers=variant.resolved_workers, batch=variant.batch, model_batch=emb.batch_size,
+                           streams=getattr(emb, "streams", None),
                            device=str(getattr(emb, "device", "cpu")), processes=variant.used_processes,
                            cuda_graphs=getattr(emb, "cuda_graphs", False), model=args.model)
                 if hasattr(variant, "onnx_build_s"):  # and its speed-up over torch, round by round
@@ -570,7 +584,7 @@ def main() -> None:
         print(f"{key:40s}{row['img_per_s']:8.1f}{row['img_per_s_best']:8.1f}{row['cpu_ms_per_img']:11.2f}"
               f"{row['rss_peak_mib']:14.0f}" + "".join("" if r is None else f"{r:9.2f}" for r in ratios))
     print("(median over rounds; ratios are medians of per-round ratios; "
-          f"(b) = {ceiling.precision} batch {ceiling.batch})")
+          f"(b) = {ceiling.precision} batch {ceiling.batch}, {ceiling.streams} stream(s))")
     out = args.json or Path(__file__).parent / "results" / f"embed_throughput-{Path(results['images']).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
