@@ -379,3 +379,32 @@ def test_decode_auto_on_auto_device_asks_torch(monkeypatch: pytest.MonkeyPatch) 
     for available in (False, True):
         monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
         assert _decode_in_processes(args, ResNet50Embedder(weights=None)) is available
+
+
+def test_streams_option_reaches_the_model_embedder(
+    capsys: pytest.CaptureFixture[str], store: str, image_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lookalike.cli
+    from lookalike.embedders import FakeEmbedder
+
+    options: list[dict[str, Any]] = []
+
+    def spy(name: str, **kwargs: Any) -> Any:
+        options.append(kwargs)
+        return FakeEmbedder()
+
+    monkeypatch.setattr(lookalike.cli, "make_embedder", spy)
+    run_json(capsys, "index", str(image_dir), "--store", store, "--embedder", "resnet50", "--streams", "3")
+    assert options[-1]["streams"] == 3
+    run_json(capsys, "index", str(image_dir), "--store", store, "--embedder", "resnet50")
+    assert "streams" not in options[-1]  # the embedder's own default
+
+
+def test_streams_is_checked_by_the_embedder(capsys: pytest.CaptureFixture[str], store: str, image_dir: Path) -> None:
+    pytest.importorskip("torch")
+    code, _, err = run(capsys, "index", str(image_dir), "--store", store, "--embedder", "resnet50-random",
+                       "--streams", "0")
+    assert code != 0 and "streams must be a positive int" in err
+    # the fake embedder has no streams: the option is accepted and has no effect
+    assert run_json(capsys, "index", str(image_dir), "--store", store, "--embedder", "fake",
+                    "--streams", "2")["added"] == 12

@@ -62,6 +62,11 @@ def _embedder_options(parser: argparse.ArgumentParser) -> None:
         help="model precision (default: auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32)",
     )
     parser.add_argument(
+        "--streams", type=int, metavar="N", default=None,
+        help="CPU: forward passes run side by side in N threads, each with its share of torch's "
+        "threads (default: 2 when torch has 2 or more threads; 1 turns this off)",
+    )
+    parser.add_argument(
         "--onnx", default=None, choices=["fp32", "int8"],
         help="run the model with ONNX Runtime on the CPU ([onnx] extra), exported once into "
         "$LOOKALIKE_CACHE_DIR; int8 needs --calibration",
@@ -125,7 +130,9 @@ def _choose_embedder(args: argparse.Namespace, store: VectorStore, for_writing: 
 
 
 def _model_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:
-    options = {"device": "cpu" if args.onnx else args.device, "precision": args.precision}
+    options: dict[str, Any] = {"device": "cpu" if args.onnx else args.device, "precision": args.precision}
+    if getattr(args, "streams", None) is not None:
+        options["streams"] = args.streams
     if args.embedder:
         return make_embedder(args.embedder, **options)
     schema = store.describe()

@@ -48,6 +48,7 @@ def _fake(**kw: Any) -> Embedder:
     kw.pop("device", None)
     kw.pop("precision", None)
     kw.pop("batch_size", None)
+    kw.pop("streams", None)
     return FakeEmbedder(**kw)
 
 
