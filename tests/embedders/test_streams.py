@@ -62,13 +62,13 @@ def two_threads() -> Iterator[None]:
 
 def test_streams_give_the_vectors_of_one_stream(two_threads: None) -> None:
     images = [make_image(i, size=(90 + i, 70)) for i in range(21)]
-    one, two = embedder(streams=1), embedder(streams=2)
+    one, two = embedder(streams=1, batch_size=8), embedder(streams=2, batch_size=8)  # same batches
     expected = one.embed(images)
-    np.testing.assert_allclose(two.embed(images), expected, atol=1e-6)
+    np.testing.assert_array_equal(two.embed(images), expected)  # bit-identical
     prepared = [two.prepare(img) for img in images]
-    np.testing.assert_allclose(two.submit_prepared(prepared).result(), expected, atol=1e-6)
+    np.testing.assert_array_equal(two.submit_prepared(prepared).result(), expected)
     batch = torch.stack([two.preprocess(img) for img in images])
-    np.testing.assert_allclose(two.embed_tensor(batch), expected, atol=1e-6)
+    np.testing.assert_array_equal(two.embed_tensor(batch), expected)
 
 
 def test_submit_runs_in_the_background_only_on_streams(two_threads: None) -> None:

@@ -158,8 +158,8 @@ class ForwardStreams:
     torch's intra-op threads (``torch.get_num_threads() // count``, at least one).
 
     On 2 cores with AMX, bf16 ResNet50 in two one-thread streams of 8 images made
-    ``add_many`` 1.42x faster than one two-thread forward pass of 16 (50.8 vs 35.7 img/s,
-    side by side; docs/performance.md): no thread waits for the other at the end of every
+    ``add_many`` 1.1-1.4x faster than one two-thread forward pass of 16, side by side in
+    three runs (docs/performance.md): no thread waits for the other at the end of every
     operator, and decode threads fill a core whenever a stream leaves it. ``map`` keeps
     the order of its inputs.
     """
