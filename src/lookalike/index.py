@@ -115,8 +115,13 @@ class _Embedding:
     vectors: NDArray[np.float32] | None = None
     pending: Any = None  # PendingVectors of the rows in pending_rows, still being embedded
     pending_rows: list[int] = field(default_factory=list)
-    overlaps: bool = False  # the next chunk may start before this one is collected
     embedder: Any = None
+
+    @property
+    def overlaps(self) -> bool:
+        """True while the vectors are still being embedded in the background, so the next
+        chunk may be queued before this one is collected."""
+        return self.pending is not None and bool(getattr(self.pending, "in_background", True))
 
     def records(self) -> tuple[list[Record], list[tuple[str, str]]]:
         """Wait for the vectors; all records to write, and what each write means."""
@@ -731,7 +736,6 @@ class ImageSearchIndex:
             submit = getattr(embedder, "submit_prepared", None)
             if submit is not None:
                 embedding.pending, embedding.pending_rows = submit(tensors), prepared
-                embedding.overlaps = bool(getattr(embedding.pending, "in_background", True))
             else:
                 embed_prepared = getattr(embedder, "embed_prepared")  # noqa: B009
                 out[prepared] = _check_vectors(embed_prepared(tensors), len(prepared), embedder)

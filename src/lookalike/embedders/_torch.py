@@ -433,9 +433,14 @@ class TorchEmbedder:
         return self._submit(items, streams)
 
     def _submit(self, items: Sequence[Any], streams: ForwardStreams) -> PendingVectors:
-        size = min(self.batch_size, -(-len(items) // streams.count))
+        size = self._stream_batch(len(items), streams)
         return PendingVectors([streams.submit(self._embed_batch, items[start : start + size])
                                for start in range(0, len(items), size)])
+
+    def _stream_batch(self, n: int, streams: ForwardStreams) -> int:
+        """Images per forward pass when ``n`` are split across ``streams``: at most
+        ``batch_size``, and small calls split evenly so every stream gets some."""
+        return min(self.batch_size, -(-n // streams.count))
 
     def _embed_batch(self, chunk: Sequence[Any]) -> Any:
         torch = import_torch(type(self).__name__)
@@ -475,8 +480,8 @@ class TorchEmbedder:
         if streams is None:
             return _to_numpy(self._forward(batch))
         torch = import_torch(type(self).__name__)
-        size = min(self.batch_size, -(-len(batch) // streams.count))
-        return _to_numpy(torch.cat(streams.map(self._forward, list(batch.split(size)))))
+        parts = list(batch.split(self._stream_batch(len(batch), streams)))
+        return _to_numpy(torch.cat(streams.map(self._forward, parts)))
 
     def _forward(self, batch: Any) -> Any:
         """L2-normalised float32 features ``(n, dim)`` of a preprocessed batch, on the device."""
