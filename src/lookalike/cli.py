@@ -384,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata for every image")
     p.add_argument("--field", action="append", default=[], metavar="NAME",
                    help="metadata field to make filterable (default: path, label)")
-    p.add_argument("--prune", action="store_true", help="also delete records whose files are gone")
+    p.add_argument("--prune", action="store_true",
+                   help="also delete records whose files are gone (a file that cannot be checked, e.g. "
+                   "permission denied or an I/O error, is kept and listed as a failure)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per embedding batch (default 32, or 128 when decoding in processes)")
     p.add_argument("--decode", choices=["auto", "threads", "processes"], default="auto",
