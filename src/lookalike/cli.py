@@ -172,7 +172,7 @@ def _expand(source: str, recursive: bool) -> Iterable[Any]:
         raise ConfigurationError(f"{quote_name(source)}: {URL_REASON}")
     if any(ch in source for ch in "*?["):
         return sources.from_glob(source)
-    raise ConfigurationError(f"{quote_name(source)} is not a file, folder or glob pattern that matches anything")
+    raise ConfigurationError(f"{source!r} is not a file, folder or glob pattern that matches anything")
 
 
 def _images_in(parts: list[Iterable[Any]]) -> None:

@@ -92,6 +92,8 @@ def read_image_bytes(path: str | os.PathLike[str]) -> ImageBytes:
         raise ImageLoadError(name, "permission denied") from None
     except OSError as exc:
         raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL character: no file can have this name
+        raise ImageLoadError(name, "not a valid file name (it contains a NUL character)") from None
     return ImageBytes(name, data)
 
 

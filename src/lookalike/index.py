@@ -508,6 +508,8 @@ class ImageSearchIndex:
         image, item.input = item.input, None
         try:
             if isinstance(image, (str, os.PathLike)):
+                if "\0" in os.fspath(image):
+                    raise ImageLoadError(item.source, "not a valid file name (it contains a NUL character)")
                 resolved = resolved_path(image)
                 item.metadata.setdefault(PATH_FIELD, resolved)
                 if item.id is None:
@@ -530,7 +532,7 @@ class ImageSearchIndex:
             _set_hash(item, item.sha256 or "")
         except ImageLoadError as exc:
             item.error = exc.reason
-            if item.id is None and isinstance(image, (str, os.PathLike)):
+            if item.id is None and isinstance(image, (str, os.PathLike)) and "\0" not in os.fspath(image):
                 item.id = path_id(image)
 
     def _decode(self, item: _Pending) -> None:

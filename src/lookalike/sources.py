@@ -153,7 +153,7 @@ def from_dir(
     root = Path(path).expanduser()
     if not root.is_dir():
         reason = "does not exist" if not root.exists() else "is not a folder"
-        raise ConfigurationError(f"image folder {quote_name(str(root))} {reason}")
+        raise ConfigurationError(f"image folder {str(root)!r} {reason}")
     exts = _normalise_extensions(extensions)
 
     def walk() -> Iterator[Path | Failure]:
@@ -180,8 +180,11 @@ def from_dir(
                     continue
                 try:
                     is_dir = entry.is_dir()  # follows symlinks
-                except OSError:
+                except OSError as exc:  # a link whose target cannot be examined: maybe a folder
                     is_dir = False
+                    if exc.errno != errno.ELOOP and not _is_image(entry.name, exts):
+                        yield Failure(entry.path, f"cannot follow symbolic link: {_os_reason(exc)}")
+                        continue
                 if is_dir:
                     if recursive:
                         st_dir = _stat(entry.path)

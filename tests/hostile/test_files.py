@@ -202,6 +202,36 @@ def test_from_dir_reports_an_unreadable_folder(monkeypatch: pytest.MonkeyPatch, 
     assert src.failures == [Failure(str(image_dir / "b"), "cannot list folder: permission denied")]
 
 
+def test_from_dir_reports_a_link_it_cannot_follow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    make_image(1).save(tmp_path / "a.png")
+    (tmp_path / "shared").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    real_scandir = os.scandir
+
+    class Entry:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.entry, self.name, self.path = entry, entry.name, entry.path
+
+        def is_dir(self) -> bool:
+            if self.name == "shared":  # e.g. a link into a folder this user may not enter
+                raise PermissionError(errno.EACCES, "Permission denied", self.path)
+            return self.entry.is_dir()
+
+    class Listing:
+        def __init__(self, path: Any) -> None:
+            self.listing = real_scandir(path)
+
+        def __enter__(self) -> Iterator[Entry]:
+            return (Entry(e) for e in self.listing)
+
+        def __exit__(self, *exc: object) -> None:
+            self.listing.close()
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    src = sources.from_dir(tmp_path)
+    assert _names(src, tmp_path) == ["a.png"]
+    assert src.failures == [Failure(str(tmp_path / "shared"), "cannot follow symbolic link: permission denied")]
+
+
 def test_from_dir_reports_an_io_error_on_the_root(monkeypatch: pytest.MonkeyPatch, image_dir: Path) -> None:
     _fail_for(monkeypatch, "scandir", image_dir, errno.EIO)
     src = sources.from_dir(image_dir)
@@ -249,6 +279,18 @@ def test_prune_removes_a_file_whose_folder_became_a_file(tmp_path: Path) -> None
         folder.rmdir()
         folder.write_text("now a file")  # photos/a.png: ENOTDIR, nothing can be there
         assert index.remove_missing() == [path_id(tmp_path / "photos" / "a.png")]
+
+
+def test_a_nul_character_in_a_path_is_an_image_load_error(tmp_path: Path) -> None:
+    name = str(tmp_path / "a\0b.png")
+    with pytest.raises(ImageLoadError, match="NUL character"):
+        read_image_bytes(name)
+    with ImageSearchIndex(embedder=FakeEmbedder(), workers=2) as index:
+        report = index.add_many([name])
+        assert [(f.source, f.id) for f in report.failed] == [(name, None)]
+        assert "NUL character" in report.failed[0].reason
+        with pytest.raises(ImageLoadError, match="NUL character"):
+            index.search(name)
 
 
 # -- names that would split a one-line message ---------------------------------------
