@@ -341,7 +341,10 @@ class ImageSearchIndex:
 
         Args:
             images: paths, bytes, PIL images or :class:`~lookalike.sources.Item`; any
-                iterable, e.g. ``sources.from_dir("photos/")``.
+                iterable, e.g. ``sources.from_dir("photos/")``. What a
+                :class:`~lookalike.sources.Source` could not use (a folder it cannot list,
+                a FIFO named like an image) is listed in ``AddReport.failed``; a source that
+                yields no image at all warns (``UserWarning``) with what it looked for.
             ids: one id per image (overrides the default ids).
             metadata: one mapping for all images, or one per image; ``label`` is a
                 filterable field by default.
