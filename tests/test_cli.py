@@ -125,6 +125,68 @@ def test_search_filter_with_comma_list(capsys: pytest.CaptureFixture[str], store
     assert code == 0 and "(no results)" in out
 
 
+def test_repeated_filter_key_means_any_of_and_different_keys_all_of(
+        capsys: pytest.CaptureFixture[str], store: str, image_dir: Path) -> None:
+    run_json(capsys, "index", str(image_dir / "a"), "--store", store, "--embedder", "fake", "--meta", "label=a",
+             "--meta", "source=cam", "--field", "label", "--field", "source")
+    run_json(capsys, "index", str(image_dir / "b"), "--store", store, "--meta", "label=b", "--meta", "source=phone")
+    query = str(image_dir / "a" / "img00.jpg")
+
+    def hits(*filters: str) -> set[tuple[str, str]]:
+        argv = [a for f in filters for a in ("--filter", f)]
+        result = run_json(capsys, "search", query, "--store", store, "-k", "20", *argv)
+        return {(h["metadata"]["label"], h["metadata"]["source"]) for h in result["hits"]}
+
+    assert hits("label=a", "label=b") == hits("label=a,b") == {("a", "cam"), ("b", "phone")}
+    assert hits("label=a", "source=phone") == set()  # different keys: all must match
+    assert hits("label=a,b", "source=phone") == {("b", "phone")}
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "different keys must all match (AND), the same key again adds values (OR)" in help_text
+
+
+@pytest.mark.parametrize("spec", ["/", "", ".", "local:", "local:/"])
+def test_a_folder_or_empty_store_spec_fails_with_one_line(capsys: pytest.CaptureFixture[str], spec: str,
+                                                          image_dir: Path) -> None:
+    for argv in (["index", str(image_dir), "--embedder", "fake"], ["info"], ["search", str(image_dir / "a" / "img00.jpg")]):
+        code, out, err = run(capsys, *argv, "--store", spec)
+        assert code == 1 and out == "", argv
+        assert err.count("\n") == 1 and err.startswith("lookalike: error: ") and "Traceback" not in err
+        assert "folder" in err or "empty" in err
+
+
+def test_a_folder_without_images_fails_with_one_line(capsys: pytest.CaptureFixture[str], store: str,
+                                                     tmp_path: Path) -> None:
+    empty = tmp_path / "photos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no pictures here")
+    code, out, err = run(capsys, "index", str(empty), "--store", store, "--embedder", "fake")
+    assert code == 1 and out == ""
+    assert err == (f"lookalike: error: no images found in {empty} (looked for .bmp, .gif, .jfif, .jpeg, "
+                   ".jpg, .pgm, .png, .ppm, .tif, .tiff, .webp)\n")
+    assert not Path(store).exists()  # no store was created for nothing
+    code, _, err = run(capsys, "index", str(tmp_path / "*.png"), "--store", store, "--embedder", "fake")
+    assert code == 1 and err == f"lookalike: error: no images match {tmp_path / '*.png'} (looked for .bmp, " \
+        ".gif, .jfif, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp)\n"
+
+
+def test_an_empty_source_beside_others_is_a_warning(capsys: pytest.CaptureFixture[str], store: str,
+                                                    image_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, "index", str(image_dir), str(tmp_path / "empty"), "--store", store,
+                         "--embedder", "fake", "-q")
+    assert code == 0 and err.startswith(f"lookalike: warning: no images found in {tmp_path / 'empty'} (")
+
+
+@pytest.mark.parametrize("command", ["index", "search"])
+def test_a_url_is_not_fetched_and_says_so(capsys: pytest.CaptureFixture[str], indexed: str, command: str) -> None:
+    url = "https://example.com/photos/cat.jpg?size=large"
+    code, out, err = run(capsys, command, url, "--store", indexed)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert url in err and "does not fetch URLs" in err and "bytes" in err and "not found" not in err
+
+
 def test_info(capsys: pytest.CaptureFixture[str], indexed: str) -> None:
     info = run_json(capsys, "info", "--store", indexed)
     assert info["count"] == 12 and info["dim"] == 64

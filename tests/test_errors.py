@@ -20,6 +20,7 @@ from lookalike.errors import (
     StoreCorruptError,
     StoreError,
     StoreTimeoutError,
+    quote_name,
 )
 
 PARENTS: dict[type[Exception], tuple[type[BaseException], ...]] = {
@@ -78,6 +79,14 @@ def test_image_load_error_names_source_and_reason() -> None:
     error = ImageLoadError("/photos/a.jpg", "truncated file")
     assert error.source == "/photos/a.jpg" and error.reason == "truncated file"
     assert str(error) == "cannot load image /photos/a.jpg: truncated file"
+
+
+@pytest.mark.parametrize("name", ["bad\nname.jpg", "tab\there.png", "esc\x1b[31m.png", "\udcff.jpg", ""])
+def test_odd_file_names_are_quoted_on_one_line(name: str) -> None:
+    message = str(ImageLoadError(name, "empty file"))
+    assert message == f"cannot load image {name!r}: empty file"
+    assert message.isprintable()
+    assert quote_name("plain name.jpg") == "plain name.jpg"
 
 
 def test_missing_dependency_error_says_what_to_install() -> None:

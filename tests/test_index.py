@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import errno
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -412,6 +414,53 @@ def test_remove_missing(index: ImageSearchIndex, tmp_path: Path) -> None:
     assert sorted(index.remove_missing()) == sorted([path_id(paths[1]), path_id(paths[3])])
     assert index.count() == 4
     assert index.remove_missing() == []
+
+
+def test_remove_missing_keeps_what_it_cannot_check(index: ImageSearchIndex, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _write_images(tmp_path, range(3))
+    index.add_many(paths)
+    paths[2].unlink()
+    real_stat = os.stat
+    locked = str(paths[0].resolve())
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", locked)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    report = AddReport()
+    assert index.remove_missing(report) == [path_id(paths[2])]
+    assert path_id(paths[0]) in index and index.count() == 2
+    assert [(f.source, f.id) for f in report.failed] == [(locked, path_id(paths[0]))]
+    assert "permission denied" in report.failed[0].reason
+    assert index.remove_missing() == []  # without a report: still kept
+
+
+def test_add_many_of_a_folder_path_points_to_from_dir(index: ImageSearchIndex, tmp_path: Path) -> None:
+    _write_images(tmp_path / "photos", range(1))
+    for folder in (str(tmp_path / "photos") + "/", tmp_path / "photos"):
+        with pytest.raises(ConfigurationError, match=r"not a folder path.*sources\.from_dir\("):
+            index.add_many(folder)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"use add\(\) for one image.*sources\.from_dir"):
+        index.add_many(str(tmp_path / "photos" / "img000.png"))  # type: ignore[arg-type]
+
+
+def test_a_url_query_says_urls_are_not_fetched(index: ImageSearchIndex, tmp_path: Path) -> None:
+    index.add_many(_write_images(tmp_path, range(1)))
+    with pytest.raises(ImageLoadError) as info:
+        index.search("https://example.com/cat.jpg")
+    assert "does not fetch URLs" in info.value.reason and "bytes" in info.value.reason
+    assert "not found" not in str(info.value)
+    report = index.add_many(["http://example.com/dog.png"])
+    assert "does not fetch URLs" in report.failed[0].reason
+
+
+def test_an_empty_source_warns(index: ImageSearchIndex, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"no images found in .* \(looked for .*\.png"):
+        report = index.add_many(sources.from_dir(tmp_path))
+    assert report.stored == 0
 
 
 def test_context_manager_closes_the_store(tmp_path: Path) -> None:

@@ -53,12 +53,24 @@ def test_from_dir_skips_hidden_unless_asked(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks on this platform")
-def test_from_dir_does_not_follow_symlinked_folders(tmp_path: Path) -> None:
+def test_from_dir_follows_symlinked_folders_but_not_loops(tmp_path: Path) -> None:
     root = tmp_path / "root"
+    (tmp_path / "other").mkdir()
     root.mkdir()
     make_image(1).save(root / "a.png")
+    make_image(2).save(tmp_path / "other" / "b.png")
     (root / "loop").symlink_to(root, target_is_directory=True)
-    assert _names(sources.from_dir(root), root) == ["a.png"]
+    (root / "more").symlink_to(tmp_path / "other", target_is_directory=True)
+    assert _names(sources.from_dir(root), root) == ["a.png", "more/b.png"]
+
+
+def test_sources_say_what_an_empty_result_means(tmp_path: Path) -> None:
+    assert sources.from_dir(tmp_path, extensions=["png", "JPG"]).empty_message == (
+        f"no images found in {tmp_path} (looked for .jpg, .png)")
+    assert sources.from_glob("x/*.gif", extensions=["gif"]).empty_message == (
+        "no images match x/*.gif (looked for .gif)")
+    csv_path = _write_csv(tmp_path, "path\n")
+    assert sources.from_csv(csv_path).empty_message == f"no images listed in {csv_path}"
 
 
 def test_from_dir_is_lazy(tmp_path: Path) -> None:

@@ -11,13 +11,14 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__, sources
 from .embedders._torch import TorchEmbedder, import_torch
-from .errors import ConfigurationError, ImageSearchError
+from .errors import ConfigurationError, ImageSearchError, quote_name
+from .images import URL_REASON, looks_like_url
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
 from .registry import (
@@ -29,7 +30,7 @@ from .registry import (
     open_store,
     with_onnx,
 )
-from .types import Hit
+from .types import Failure, Hit
 
 __all__ = ["build_parser", "main", "open_index"]
 
@@ -116,7 +117,7 @@ def _open_existing(spec: str | None) -> VectorStore:
         path = Path(text[len("local:"):] if text.startswith("local:") else text).expanduser()
         if not path.exists():
             raise ConfigurationError(
-                f"no index at {path}: run 'lookalike index' first or pass --store"
+                f"no index at {quote_name(str(path))}: run 'lookalike index' first or pass --store"
             )
     return open_store(spec)
 
@@ -165,11 +166,43 @@ def _expand(source: str, recursive: bool) -> Iterable[Any]:
     path = Path(source).expanduser()
     if path.is_dir():
         return sources.from_dir(path, recursive=recursive)
-    if path.is_file():
+    if os.path.lexists(path):  # a file, or a FIFO, device or broken link that add_many reports
         return [path]
+    if looks_like_url(source):
+        raise ConfigurationError(f"{quote_name(source)}: {URL_REASON}")
     if any(ch in source for ch in "*?["):
         return sources.from_glob(source)
     raise ConfigurationError(f"{source!r} is not a file, folder or glob pattern that matches anything")
+
+
+def _images_in(parts: list[Iterable[Any]]) -> None:
+    """Fail before any model loads or store is written when no source yields an image.
+
+    Sources that yield nothing while others do get a warning line each.
+    """
+    empty = []
+    for part in parts:
+        if not isinstance(part, sources.Source):
+            continue
+        failures = []
+        for entry in part.entries():
+            if not isinstance(entry, Failure):
+                break
+            failures.append(entry)
+        else:
+            empty.append((part, failures))
+    if len(empty) < len(parts):
+        for part, _ in empty:
+            print(f"lookalike: warning: {part.empty_message}", file=sys.stderr)
+        return
+    for _, failures in empty:
+        for failure in failures:
+            _print_failure(failure)
+    raise ConfigurationError("; ".join(part.empty_message for part, _ in empty))
+
+
+def _print_failure(failure: Failure) -> None:
+    print(f"lookalike: skipped {quote_name(failure.source)}: {failure.reason}", file=sys.stderr)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -178,16 +211,17 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not inputs:
         raise ConfigurationError("nothing to index: give folders, files, globs or --csv FILE")
     metadata = dict(_parse_pairs(args.meta, "--meta")) if args.meta else None
+    _images_in(inputs)
     with open_index(args, for_writing=True) as index:
         index.create_schema(fields=args.field or None)
         images = _Chain(inputs)
         report = index.add_many(
             images, metadata=metadata, batch_size=args.batch_size, progress=not args.quiet and not args.json
         )
-        removed = index.remove_missing() if args.prune else []
+        removed = index.remove_missing(report) if args.prune else []
         total = index.count()
     for failure in report.failed:
-        print(f"lookalike: skipped {failure.source}: {failure.reason}", file=sys.stderr)
+        _print_failure(failure)
     if args.json:
         _print_json({
             "added": len(report.added), "updated": len(report.updated),
@@ -201,15 +235,17 @@ def cmd_index(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if report.failed else 0
 
 
-class _Chain:
-    """Several sources as one iterable whose length is the sum (for the progress bar)."""
+class _Chain(sources.Source[Any]):
+    """Several sources as one, whose length is the sum (for the progress bar) and whose
+    failures (folders that cannot be listed...) reach ``add_many``."""
 
     def __init__(self, parts: list[Iterable[Any]]) -> None:
+        super().__init__("the given sources", self._all_entries)
         self.parts = parts
 
-    def __iter__(self) -> Any:
+    def _all_entries(self) -> Iterator[Any]:
         for part in self.parts:
-            yield from part
+            yield from part.entries() if isinstance(part, sources.Source) else part
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)  # type: ignore[arg-type,misc]
@@ -226,11 +262,13 @@ def _parse_pairs(pairs: Sequence[str], option: str) -> list[tuple[str, str]]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    flt: dict[str, Any] = {}
+    # Different keys must all match; the same key again adds values it may take
+    # (--filter label=a --filter label=b means label=a,b): one field holds one value, so
+    # ANDing two values of a key would match nothing.
+    flt: dict[str, list[str]] = {}
     for key, value in _parse_pairs(args.filter, "--filter"):
-        values = value.split(",") if "," in value else [value]
-        existing = flt.get(key)
-        flt[key] = (list(existing) if isinstance(existing, list) else [existing] if existing else []) + values
+        values = flt.setdefault(key, [])
+        values += [v for v in value.split(",") if v not in values]
     with open_index(args) as index:
         results = index.search_many(args.images, k=args.k, filter=flt or None)
     if args.json:
@@ -239,13 +277,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     for query, hits in zip(args.images, results):
         if len(args.images) > 1:
-            print(f"# {query}")
+            print(f"# {quote_name(query)}")
         if not hits:
             print("(no results)")
         for rank, hit in enumerate(hits, 1):
             label = hit.metadata.get("label")
-            shown = f"  [{label}]" if label is not None else ""
-            print(f"{rank:>3}  {hit.score:.4f}  {hit.path or hit.id}{shown}")
+            shown = f"  [{quote_name(str(label))}]" if label is not None else ""
+            print(f"{rank:>3}  {hit.score:.4f}  {quote_name(hit.path or hit.id)}{shown}")
     return 0
 
 
@@ -346,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata for every image")
     p.add_argument("--field", action="append", default=[], metavar="NAME",
                    help="metadata field to make filterable (default: path, label)")
-    p.add_argument("--prune", action="store_true", help="also delete records whose files are gone")
+    p.add_argument("--prune", action="store_true",
+                   help="also delete records whose files are gone (a file that cannot be checked, e.g. "
+                   "permission denied or an I/O error, is kept and listed as a failure)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per embedding batch (default 32, or 128 when decoding in processes)")
     p.add_argument("--decode", choices=["auto", "threads", "processes"], default="auto",
@@ -361,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
-                   help="only results whose metadata matches; repeatable (ANDed)")
+                   help="only results whose metadata matches: KEY=A,B means KEY is A or B; repeatable: "
+                   "different keys must all match (AND), the same key again adds values (OR)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_index_options(p)
     p.set_defaults(func=cmd_search)

@@ -37,6 +37,16 @@ __all__ = [
 ]
 
 
+def quote_name(name: str) -> str:
+    """``name`` as one printable token for a one-line message.
+
+    A printable name is shown as it is; one with a newline, another control character or
+    an undecodable byte is shown repr-style (``'a\\nb.jpg'``), so it cannot split or
+    garble the line.
+    """
+    return name if name and name.isprintable() else repr(name)
+
+
 class ImageSearchError(Exception):
     """Base class of every error lookalike raises."""
 
@@ -72,7 +82,7 @@ class ImageLoadError(ImageSearchError):
     def __init__(self, source: str, reason: str) -> None:
         self.source = source
         self.reason = reason
-        super().__init__(f"cannot load image {source}: {reason}")
+        super().__init__(f"cannot load image {quote_name(source)}: {reason}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return (type(self), (self.source, self.reason))

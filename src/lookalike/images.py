@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,20 +67,61 @@ def describe_source(image: object) -> str:
 
 
 def read_image_bytes(path: str | os.PathLike[str]) -> ImageBytes:
-    """Read an image file into memory, with a clear error when that is impossible."""
+    """Read an image file into memory, with a clear error when that is impossible.
+
+    Only regular files are read: a FIFO, socket or device is refused before it is
+    opened (reading one could block forever), and so is a URL string (never fetched).
+    """
     name = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
+        mode = os.stat(path).st_mode  # follows symlinks; opens nothing
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError(name, not_regular_reason(mode))
+        # O_NONBLOCK: should the path become a FIFO between stat and open, open returns at once.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise ImageLoadError(name, not_regular_reason(mode))
             data = fh.read()
-    except FileNotFoundError:
-        raise ImageLoadError(name, "file not found") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageLoadError(name, URL_REASON if looks_like_url(name) else "file not found") from None
     except IsADirectoryError:
         raise ImageLoadError(name, "is a directory, not an image file") from None
     except PermissionError:
         raise ImageLoadError(name, "permission denied") from None
     except OSError as exc:
         raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL character: no file can have this name
+        raise ImageLoadError(name, "not a valid file name (it contains a NUL character)") from None
     return ImageBytes(name, data)
+
+
+#: A string that names a URL rather than a file (``https://...``, ``s3://...``).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+URL_REASON = (
+    "looks like a URL; lookalike does not fetch URLs. Download the image yourself and pass "
+    "its bytes or a PIL.Image (e.g. requests.get(url).content), or a local file path"
+)
+
+
+def looks_like_url(name: object) -> bool:
+    """True for a string such as ``https://example.com/cat.jpg``."""
+    return isinstance(name, str) and _URL.match(name) is not None
+
+
+def not_regular_reason(mode: int) -> str:
+    """Why a file that is not a regular file is not read as an image."""
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an image file"
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    kind = next((text for test, text in kinds if test(mode)), "a special file")
+    return f"is {kind}, not a regular file; only regular files are read as images"
 
 
 def load_image(

@@ -10,6 +10,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +27,7 @@ from .errors import (
     ImageSearchError,
     NotFoundError,
     SchemaMismatchError,
+    quote_name,
 )
 from .images import (
     ImageBytes,
@@ -37,7 +39,7 @@ from .images import (
     resolved_path,
 )
 from .protocols import Embedder, VectorStore
-from .sources import Item
+from .sources import Item, Source
 from .types import (
     HASH_FIELD,
     PATH_FIELD,
@@ -339,7 +341,10 @@ class ImageSearchIndex:
 
         Args:
             images: paths, bytes, PIL images or :class:`~lookalike.sources.Item`; any
-                iterable, e.g. ``sources.from_dir("photos/")``.
+                iterable, e.g. ``sources.from_dir("photos/")``. What a
+                :class:`~lookalike.sources.Source` could not use (a folder it cannot list,
+                a FIFO named like an image) is listed in ``AddReport.failed``; a source that
+                yields no image at all warns (``UserWarning``) with what it looked for.
             ids: one id per image (overrides the default ids).
             metadata: one mapping for all images, or one per image; ``label`` is a
                 filterable field by default.
@@ -362,7 +367,8 @@ class ImageSearchIndex:
         _check_lengths(total, ids, metadata)  # before anything is stored, when we can
         report = AddReport()
         started = time.perf_counter()
-        pending = self._pending_items(images, ids, metadata)
+        listed: list[int] = [0]  # images the input yielded (not counting a source's failures)
+        pending = self._pending_items(images, ids, metadata, listed)
         seen: set[str] = set()
         from tqdm.auto import tqdm
 
@@ -419,6 +425,8 @@ class ImageSearchIndex:
                     writing[0].exception()
                 bar.close()
                 report.seconds = time.perf_counter() - started
+        if isinstance(images, Source) and not listed[0]:
+            warnings.warn(images.empty_message, UserWarning, stacklevel=2)
         return report
 
     @staticmethod
@@ -439,8 +447,20 @@ class ImageSearchIndex:
         images: Iterable[ImageInput | Item],
         ids: Sequence[str] | None,
         metadata: Mapping[str, MetadataValue] | Sequence[Mapping[str, MetadataValue]] | None,
+        listed: list[int],
     ) -> Iterator[_Pending]:
-        if isinstance(images, (str, bytes, os.PathLike)) or _is_pil(images):
+        if isinstance(images, (str, os.PathLike)):
+            where = os.fspath(images)
+            if os.path.isdir(where):
+                raise ConfigurationError(
+                    f"add_many takes an iterable of images, not a folder path; for the images in "
+                    f"{quote_name(where)} use add_many(sources.from_dir({where!r}))"
+                )
+            raise ConfigurationError(
+                "add_many takes an iterable of images, not one path; use add() for one image, "
+                "sources.from_dir(folder) for a folder or sources.from_glob(pattern) for a pattern"
+            )
+        if isinstance(images, bytes) or _is_pil(images):
             raise ConfigurationError("add_many takes an iterable of images; use add() for one image")
         shared_meta: Mapping[str, MetadataValue] | None = None
         per_meta: list[Mapping[str, MetadataValue]] | None = None
@@ -450,8 +470,15 @@ class ImageSearchIndex:
             per_meta = list(metadata)
         id_list = None if ids is None else list(ids)
         count = 0
-        for position, entry in enumerate(images):
+        position = -1
+        entries: Iterable[Any] = images.entries() if isinstance(images, Source) else images
+        for entry in entries:
+            if isinstance(entry, Failure):  # what the source found but cannot use: no image, no position
+                yield _Pending(position, entry.source, entry.id, {}, error=entry.reason)
+                continue
+            position += 1
             count += 1
+            listed[0] = count
             item = entry if isinstance(entry, Item) else Item(entry)
             meta: dict[str, Any] = dict(item.metadata)
             if shared_meta is not None:
@@ -479,9 +506,13 @@ class ImageSearchIndex:
         With ``defer_read``, a file only gets its id here: a decode process reads and
         hashes it later (``item.input`` keeps the path).
         """
+        if item.error is not None:  # a source's failure: nothing to read
+            return
         image, item.input = item.input, None
         try:
             if isinstance(image, (str, os.PathLike)):
+                if "\0" in os.fspath(image):
+                    raise ImageLoadError(item.source, "not a valid file name (it contains a NUL character)")
                 resolved = resolved_path(image)
                 item.metadata.setdefault(PATH_FIELD, resolved)
                 if item.id is None:
@@ -504,7 +535,7 @@ class ImageSearchIndex:
             _set_hash(item, item.sha256 or "")
         except ImageLoadError as exc:
             item.error = exc.reason
-            if item.id is None and isinstance(image, (str, os.PathLike)):
+            if item.id is None and isinstance(image, (str, os.PathLike)) and "\0" not in os.fspath(image):
                 item.id = path_id(image)
 
     def _decode(self, item: _Pending) -> None:
@@ -818,19 +849,30 @@ class ImageSearchIndex:
             return 0
         return self.store.delete(id_list)
 
-    def remove_missing(self) -> list[str]:
-        """Delete records whose image file no longer exists; return their ids.
+    def remove_missing(self, report: AddReport | None = None) -> list[str]:
+        """Delete records whose image file is really gone; return their ids.
 
-        Records added from bytes or PIL images (no ``path``) are kept.
+        A file is gone when looking it up says so (no such file, or a folder on its path
+        is no longer a folder). A file that cannot be checked (permission denied, I/O
+        error, an unmounted share answering with an error) may still exist, so its
+        record is kept; with ``report`` (e.g. the :class:`~lookalike.AddReport` of the
+        ``add_many`` that just ran) each such file is listed in ``report.failed`` with
+        the reason. Records added from bytes or PIL images (no ``path``) are kept.
         """
         if self._existing_schema() is None:
             return []
-        gone = [
-            r.id
-            for batch in self.store.scan()
-            for r in batch
-            if r.path is not None and not os.path.exists(r.path)
-        ]
+        gone = []
+        for batch in self.store.scan():
+            for r in batch:
+                if r.path is None:
+                    continue
+                problem = _missing(r.path)
+                if problem is None:
+                    continue
+                if problem == "":
+                    gone.append(r.id)
+                elif report is not None:
+                    report.failed.append(Failure(r.path, f"kept, cannot check whether it exists: {problem}", r.id))
         for start in range(0, len(gone), 1000):
             self.store.delete(gone[start : start + 1000])
         return gone
@@ -844,6 +886,21 @@ class ImageSearchIndex:
 
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and self._existing_schema() is not None and bool(self.store.get([id]))
+
+
+def _missing(path: str) -> str | None:
+    """``None``: the file is there; ``""``: it is really gone; else why it cannot be checked."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # ENOENT, ENOTDIR: nothing can be at that path
+        return ""
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    except ValueError as exc:  # e.g. a NUL character: not a path this system can hold
+        return str(exc)
+    return None
 
 
 def _check_lengths(total: int | None, ids: Any, metadata: Any) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, quote_name
 from ..registry import EMBEDDERS, check_onnx_options, make_embedder, open_store, with_onnx
 from ..sources import Item
 from .datasets import load_dataset
@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             index.create_schema()
             added = index.add_many(gallery, progress=progress)
             for failure in added.failed:
-                print(f"lookalike: skipped {failure.source}: {failure.reason}", file=sys.stderr)
+                print(f"lookalike: skipped {quote_name(failure.source)}: {failure.reason}", file=sys.stderr)
             for refine in refinements:
                 report = evaluate(index, queries, k=args.k, refine=refine, name=label, progress=progress)
                 report.index_seconds = added.seconds

@@ -22,6 +22,7 @@ from ..errors import (
     StoreCorruptError,
     StoreError,
     StoreTimeoutError,
+    quote_name,
 )
 from ..filters import NormalizedFilter, normalize_filter
 from ..types import Filter, Hit, Record, Schema
@@ -267,7 +268,14 @@ class LocalStore:
             raise ConfigurationError(
                 f"ann_nprobe must be a positive int or None, got {ann_nprobe!r}"
             )
+        if not os.fspath(path):
+            raise ConfigurationError("the store path is empty; give a file such as photos.lookalike")
         self.path = Path(path).expanduser()
+        if not self.path.name:  # "/", ".": a folder, and no file name to put beside it
+            raise ConfigurationError(
+                f"{quote_name(str(self.path))} is a folder, not a lookalike store file; "
+                "give a file such as photos.lookalike"
+            )
         self.ann_path = self.path.with_name(self.path.name + ".ann")
         self.ann_threshold = ann_threshold
         self.ann_nprobe = ann_nprobe
