@@ -17,7 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from lookalike import ConfigurationError, ImageSearchIndex, NotFoundError, Record, Schema, VectorStore, path_id, sources
+from lookalike import (
+    ConfigurationError,
+    ImageSearchIndex,
+    NotFoundError,
+    Record,
+    Schema,
+    VectorStore,
+    path_id,
+    sources,
+)
 from lookalike.embedders import FakeEmbedder
 from lookalike.sources import Item
 from lookalike.stores import InMemoryStore
