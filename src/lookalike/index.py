@@ -827,12 +827,11 @@ class ImageSearchIndex:
             earlier = written.metadata.get(p.id)  # written in this call, maybe not visible yet
             base = earlier[1] if earlier is not None else None if p.existing is None else dict(p.existing.metadata)
             p.metadata = _merged(base, p.metadata, replace_metadata)
-            unchanged = base is not None and base == p.metadata  # same sha256: same content
-            if not unchanged:
-                written.remember(chunk.number, p.id, p.metadata)
-            if unchanged:
+            if base is not None and base == p.metadata:  # same fields, same sha256: same content
                 report.unchanged.append(p.id)
-            elif p.existing is not None and _same_content(p, p.existing):
+                continue
+            written.remember(chunk.number, p.id, p.metadata)
+            if p.existing is not None and _same_content(p, p.existing):
                 # metadata changed, pixels did not: keep the vector
                 records.append(Record(p.id, p.existing.vector, p.metadata))
                 outcome.append(("updated", p.id))
