@@ -291,6 +291,18 @@ def test_same_file_twice_in_one_call_merges_across_batches(store: VectorStore, t
     assert index.count() == 3
 
 
+def test_next_batch_read_before_the_labelled_one_is_written_still_merges(
+    store: VectorStore, tmp_path: Path
+) -> None:
+    """Batches are read two ahead of the model, so the second mention of a file is looked
+    up before the first one is written: it must merge with what this call is writing."""
+    path = write_images(tmp_path, 1)[0]
+    index, _ = make_index(store, batch_size=1)
+    report = index.add_many([Item(path, metadata={"label": "cat"}), path])
+    assert report.added == [path_id(path)] and report.unchanged == [path_id(path)]
+    assert user_fields(index, path_id(path)) == {"label": "cat"}
+
+
 def test_bytes_added_under_a_files_id_do_not_keep_its_path(store: VectorStore, tmp_path: Path) -> None:
     path = write_images(tmp_path, 1)[0]
     index, _ = make_index(store)
