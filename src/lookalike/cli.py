@@ -216,7 +216,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         index.create_schema(fields=args.field or None)
         images = _Chain(inputs)
         report = index.add_many(
-            images, metadata=metadata, batch_size=args.batch_size, progress=not args.quiet and not args.json
+            images, metadata=metadata, batch_size=args.batch_size, progress=not args.quiet and not args.json,
+            replace_metadata=args.replace_meta,
         )
         removed = index.remove_missing(report) if args.prune else []
         total = index.count()
@@ -352,7 +353,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     try:
         target = open_store(args.target)
         try:
-            copied = copy_store(source, target, batch_size=args.batch_size, progress=not args.json)
+            copied = copy_store(source, target, batch_size=args.batch_size, progress=not args.json,
+                                replace_metadata=args.replace_meta)
             total = target.count()
         finally:
             target.close()
@@ -376,12 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="add images (folders, files, globs, CSV) to the index",
                        description="Embed images and store them. Unchanged files are skipped; "
-                       "changed ones re-embedded.")
+                       "changed ones re-embedded. Metadata merges with what is stored: fields this run "
+                       "gives replace theirs, the others keep their value (--replace-meta drops them).")
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="image folder, file or glob pattern")
     p.add_argument("--csv", action="append", default=[], metavar="FILE",
                    help="CSV with a path column (id,path,label as in the tutorial); repeatable")
     p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into subfolders")
-    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata for every image")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="metadata for every image; merged with what is stored (other fields keep their "
+                   "value); path and sha256 are reserved")
+    p.add_argument("--replace-meta", action="store_true",
+                   help="each image's stored metadata becomes exactly what this run gives (--meta, --csv "
+                   "columns): fields it does not give are dropped")
     p.add_argument("--field", action="append", default=[], metavar="NAME",
                    help="metadata field to make filterable (default: path, label)")
     p.add_argument("--prune", action="store_true",
@@ -433,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, metavar="SPEC", help="source store")
     p.add_argument("--to", dest="target", required=True, metavar="SPEC", help="target store")
     p.add_argument("--batch-size", type=int, default=1000, help="records per write (default 1000)")
+    p.add_argument("--replace-meta", action="store_true",
+                   help="a record the target holds gets the source's metadata exactly (default: merged, "
+                   "fields only the target has are kept)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_copy)
 

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import queue
 import threading
@@ -29,6 +30,7 @@ from .errors import (
     SchemaMismatchError,
     quote_name,
 )
+from .filters import value_problem
 from .images import (
     ImageBytes,
     decode_image,
@@ -104,6 +106,34 @@ class _Pending:
 @dataclass
 class _Chunk:
     items: list[_Pending] = field(default_factory=list)
+    number: int = 0
+    #: chunks of this add_many whose writes had landed when this chunk's records were read
+    landed_before: int = 0
+
+
+@dataclass
+class _Written:
+    """Metadata this add_many wrote (or is writing), for ids the store may not show yet.
+
+    The producer reads a chunk's stored records while earlier chunks are still being
+    embedded or written, so a file listed twice in one call (``--csv labels.csv photos/``)
+    merges with what the earlier mention wrote, not with the stale stored record.
+    """
+
+    landed: int = 0  # chunks whose writes have landed, in input order
+    metadata: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    by_chunk: dict[int, list[str]] = field(default_factory=dict)
+
+    def remember(self, number: int, rid: str, metadata: dict[str, Any]) -> None:
+        self.metadata[rid] = (number, metadata)
+        self.by_chunk.setdefault(number, []).append(rid)
+
+    def forget_before(self, number: int) -> None:
+        """Drop what chunks before ``number`` wrote: every later read sees it in the store."""
+        for old in [n for n in self.by_chunk if n < number]:
+            for rid in self.by_chunk.pop(old):
+                if self.metadata.get(rid, (None,))[0] == old:
+                    del self.metadata[rid]
 
 
 @dataclass
@@ -114,6 +144,7 @@ class _Embedding:
     outcome: list[tuple[str, str]]
     to_embed: list[_Pending]
     n_items: int
+    number: int = 0
     vectors: NDArray[np.float32] | None = None
     pending: Any = None  # PendingVectors of the rows in pending_rows, still being embedded
     pending_rows: list[int] = field(default_factory=list)
@@ -312,14 +343,56 @@ class ImageSearchIndex:
         *,
         id: str | None = None,
         metadata: Mapping[str, MetadataValue] | None = None,
+        replace_metadata: bool = False,
     ) -> str:
-        """Add (or replace) one image and return its id.
+        """Add (or update) one image and return its id.
+
+        Metadata merges with what is stored, as in :meth:`add_many`.
 
         Raises:
             ImageLoadError: the image cannot be read; nothing is stored.
+            ConfigurationError: ``metadata`` sets a reserved field (``path``, ``sha256``)
+                or a value no store can keep; nothing is stored.
         """
-        report = self.add_many([Item(image, id, dict(metadata or {}))], on_error="raise")
+        report = self.add_many(
+            [Item(image, id, dict(metadata or {}))], on_error="raise", replace_metadata=replace_metadata
+        )
         return (report.added or report.updated or report.unchanged)[0]
+
+    def update(
+        self,
+        id: str,
+        *,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        drop: Iterable[str] = (),
+    ) -> Record:
+        """Set and drop metadata fields of a stored record, keeping its vector; return it.
+
+        Fields in ``metadata`` replace theirs, fields named in ``drop`` are removed (an
+        absent one is ignored), every other field keeps its value. Nothing is embedded.
+
+        >>> index.update(id, metadata={"label": "tench"}, drop=["note"])  # doctest: +SKIP
+
+        Raises:
+            NotFoundError: no record has this id.
+            ConfigurationError: a reserved field (``path``, ``sha256``) or an invalid value;
+                nothing is written.
+        """
+        given = dict(metadata or {})
+        dropped = [drop] if isinstance(drop, str) else list(drop)
+        _check_user_metadata(given, "")
+        for name in dropped:
+            if name in _LIBRARY_FIELDS:
+                raise ConfigurationError(
+                    f"cannot drop metadata field {name!r}: it is reserved ({_RESERVED_WHY[name]})"
+                )
+        record = self.get(id)
+        merged = {k: v for k, v in record.metadata.items() if k not in dropped}
+        merged.update(given)
+        updated = Record(record.id, record.vector, merged)
+        if merged != dict(record.metadata):
+            self.store.upsert([updated])
+        return updated
 
     def add_many(
         self,
@@ -330,6 +403,7 @@ class ImageSearchIndex:
         batch_size: int | None = None,
         on_error: str = "skip",
         progress: bool = False,
+        replace_metadata: bool = False,
     ) -> AddReport:
         """Embed and store many images, streaming, in batches that commit one by one.
 
@@ -338,6 +412,10 @@ class ImageSearchIndex:
         Files whose content and metadata are unchanged are skipped without decoding or
         embedding; changed files are re-embedded; changed metadata alone is rewritten
         without re-embedding.
+
+        Metadata merges with a stored record's: fields this add gives replace theirs,
+        fields it does not give keep their stored value (re-indexing a folder keeps the
+        labels a CSV gave). ``path`` and ``sha256`` are set by the index and reserved.
 
         Args:
             images: paths, bytes, PIL images or :class:`~lookalike.sources.Item`; any
@@ -353,6 +431,14 @@ class ImageSearchIndex:
                 ``"raise"`` raises :class:`~lookalike.errors.ImageLoadError` at the first
                 one (earlier batches stay stored).
             progress: show a progress bar (tqdm) on stderr.
+            replace_metadata: the stored metadata of each image becomes exactly what this
+                add gives (plus ``path`` and ``sha256``): fields it does not give are dropped.
+                To change single fields of one record, see :meth:`update`.
+
+        Raises:
+            ConfigurationError: ``metadata`` sets a reserved field (``path``, ``sha256``)
+                or a value no store can keep (checked before anything is stored for the
+                ``metadata`` argument; for an ``Item``, when it is reached).
 
         Returns:
             An :class:`~lookalike.AddReport` with ids added, updated, unchanged and the failures.
@@ -362,6 +448,14 @@ class ImageSearchIndex:
         size = self.batch_size if batch_size is None else batch_size
         if not isinstance(size, int) or size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {size!r}")
+        if not isinstance(replace_metadata, bool):
+            raise ConfigurationError(f"replace_metadata must be True or False, got {replace_metadata!r}")
+        if isinstance(metadata, Mapping):  # before anything is stored
+            _check_user_metadata(metadata, "")
+        elif metadata is not None:
+            metadata = list(metadata)
+            for position, meta in enumerate(metadata):
+                _check_user_metadata(meta, f" in metadata[{position}]")
         self._writable_schema()
         total = _length(images)
         _check_lengths(total, ids, metadata)  # before anything is stored, when we can
@@ -370,6 +464,7 @@ class ImageSearchIndex:
         listed: list[int] = [0]  # images the input yielded (not counting a source's failures)
         pending = self._pending_items(images, ids, metadata, listed)
         seen: set[str] = set()
+        written = _Written()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
@@ -379,27 +474,29 @@ class ImageSearchIndex:
         # chunk N+2 queued before chunk N+1 is collected, so no stream idles between
         # chunks. At most one write is in flight, so report order is input order and a
         # failure leaves every earlier batch stored.
-        writing: tuple[Future[None], list[tuple[str, str]], int] | None = None
+        writing: tuple[Future[None], list[tuple[str, str]], int, int] | None = None
         embedding: _Embedding | None = None
 
         def write(done: _Embedding) -> None:
             nonlocal writing
             records, outcome = done.records()
             if writing is not None:
-                self._finish_write(writing, report, bar)
+                self._finish_write(writing, report, bar, written)
                 writing = None
             if records:
-                writing = (writer.submit(self.store.upsert, _last_wins(records)), outcome, done.n_items)
+                writing = (writer.submit(self.store.upsert, _last_wins(records)), outcome, done.n_items,
+                           done.number)
             else:
                 self._record_outcome(outcome, report)
                 bar.update(done.n_items)
+                written.landed = done.number + 1
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-store") as writer, \
-                contextlib.closing(self._prepared_chunks(pending, size, self._decode_processes())) as chunks:
+                contextlib.closing(self._prepared_chunks(pending, size, self._decode_processes(), written)) as chunks:
             try:
                 for chunk in chunks:
                     try:
-                        following = self._start_chunk(chunk, report, seen, on_error)
+                        following = self._start_chunk(chunk, report, seen, written, on_error, replace_metadata)
                     except Exception:  # e.g. on_error="raise": the chunk before still lands
                         if embedding is not None:
                             landing, embedding = embedding, None
@@ -416,7 +513,7 @@ class ImageSearchIndex:
                     write(embedding)
                     embedding = None
                 if writing is not None:
-                    self._finish_write(writing, report, bar)
+                    self._finish_write(writing, report, bar, written)
                     writing = None
             finally:
                 if embedding is not None:  # an error above: drop the batches not started
@@ -435,10 +532,15 @@ class ImageSearchIndex:
             (report.updated if kind == "updated" else report.added).append(rid)
 
     def _finish_write(
-        self, writing: tuple[Future[None], list[tuple[str, str]], int], report: AddReport, bar: Any
+        self,
+        writing: tuple[Future[None], list[tuple[str, str]], int, int],
+        report: AddReport,
+        bar: Any,
+        written: _Written,
     ) -> None:
-        future, outcome, n_items = writing
+        future, outcome, n_items, number = writing
         future.result()  # re-raises the store's error, if any
+        written.landed = number + 1
         self._record_outcome(outcome, report)
         bar.update(n_items)
 
@@ -494,9 +596,10 @@ class ImageSearchIndex:
                 explicit_id = id_list[position]
             if explicit_id is not None and (not isinstance(explicit_id, str) or not explicit_id):
                 raise ConfigurationError(f"ids must be non-empty strings, got {explicit_id!r}")
-            if HASH_FIELD in meta:
-                raise ConfigurationError(f"metadata key {HASH_FIELD!r} is reserved for the content hash")
-            yield _Pending(position, describe_source(item.image), explicit_id, meta, input=item.image)
+            source = describe_source(item.image)
+            if item.metadata:
+                _check_user_metadata(item.metadata, f" of {quote_name(source)}")
+            yield _Pending(position, source, explicit_id, meta, input=item.image)
         if id_list is not None and count != len(id_list):
             raise ConfigurationError(f"ids has {len(id_list)} entries but there were {count} images")
 
@@ -514,7 +617,7 @@ class ImageSearchIndex:
                 if "\0" in os.fspath(image):
                     raise ImageLoadError(item.source, "not a valid file name (it contains a NUL character)")
                 resolved = resolved_path(image)
-                item.metadata.setdefault(PATH_FIELD, resolved)
+                item.metadata[PATH_FIELD] = resolved  # the library's: user values are refused
                 if item.id is None:
                     item.id = _id_of_resolved(resolved)
                 if defer_read:
@@ -638,7 +741,7 @@ class ImageSearchIndex:
                 arena.give_back(slots)
 
     def _prepared_chunks(
-        self, pending: Iterator[_Pending], size: int, processes: DecodeProcesses | None
+        self, pending: Iterator[_Pending], size: int, processes: DecodeProcesses | None, written: _Written
     ) -> Generator[_Chunk, None, None]:
         """Read, look up and decode chunks in background threads, ahead of the model.
 
@@ -672,12 +775,15 @@ class ImageSearchIndex:
             in_flight: collections.deque[tuple[_Chunk, list[Future[None]], list[_Group]]] = collections.deque()
             prepare = functools.partial(self._prepare, defer_read=processes is not None)
             try:
-                while not stop.is_set():
-                    chunk = _Chunk([p for _, p in zip(range(size), pending)])
+                for number in itertools.count():
+                    if stop.is_set():
+                        break
+                    chunk = _Chunk([p for _, p in zip(range(size), pending)], number)
                     if not chunk.items:
                         break
                     list(pool.map(prepare, chunk.items))
                     ids = [p.id for p in chunk.items if p.error is None and p.id is not None]
+                    chunk.landed_before = written.landed  # read before the records are
                     existing = {r.id: r for r in store.get(ids)} if ids else {}
                     for p in chunk.items:
                         p.existing = existing.get(p.id or "")
@@ -728,9 +834,15 @@ class ImageSearchIndex:
                     arena.close()
 
     def _start_chunk(
-        self, chunk: _Chunk, report: AddReport, seen: set[str], on_error: str
+        self,
+        chunk: _Chunk,
+        report: AddReport,
+        seen: set[str],
+        written: _Written,
+        on_error: str,
+        replace_metadata: bool,
     ) -> _Embedding:
-        """Sort a chunk into failed / unchanged / to embed, and start embedding."""
+        """Sort a chunk into failed / unchanged / to embed, merge metadata, start embedding."""
         to_embed: list[_Pending] = []
         records: list[Record] = []
         outcome: list[tuple[str, str]] = []
@@ -743,15 +855,21 @@ class ImageSearchIndex:
             assert p.id is not None
             p.existed = p.existing is not None or p.id in seen
             seen.add(p.id)
-            if p.existing is not None and _same_content(p, p.existing):
-                if dict(p.existing.metadata) == p.metadata:
-                    report.unchanged.append(p.id)
-                else:  # metadata changed, pixels did not: keep the vector
-                    records.append(Record(p.id, p.existing.vector, p.metadata))
-                    outcome.append(("updated", p.id))
+            earlier = written.metadata.get(p.id)  # written in this call, maybe not visible yet
+            base = earlier[1] if earlier is not None else None if p.existing is None else dict(p.existing.metadata)
+            p.metadata = _merged(base, p.metadata, replace_metadata)
+            if base is not None and base == p.metadata:  # same fields, same sha256: same content
+                report.unchanged.append(p.id)
                 continue
-            to_embed.append(p)
-        embedding = _Embedding(records, outcome, to_embed, len(chunk.items))
+            written.remember(chunk.number, p.id, p.metadata)
+            if p.existing is not None and _same_content(p, p.existing):
+                # metadata changed, pixels did not: keep the vector
+                records.append(Record(p.id, p.existing.vector, p.metadata))
+                outcome.append(("updated", p.id))
+            else:
+                to_embed.append(p)
+        written.forget_before(chunk.landed_before)
+        embedding = _Embedding(records, outcome, to_embed, len(chunk.items), number=chunk.number)
         if to_embed:
             self._embed_items(embedding)
         return embedding
@@ -901,6 +1019,39 @@ def _missing(path: str) -> str | None:
     except ValueError as exc:  # e.g. a NUL character: not a path this system can hold
         return str(exc)
     return None
+
+
+#: Metadata fields the index sets itself; a user value for them is refused.
+_LIBRARY_FIELDS = (PATH_FIELD, HASH_FIELD)
+_RESERVED_WHY = {
+    PATH_FIELD: "the index stores each file's resolved path there",
+    HASH_FIELD: "the index stores the content hash there",
+}
+
+
+def _check_user_metadata(metadata: Any, where: str) -> None:
+    """Refuse reserved fields and values no store can keep, naming the field and the file."""
+    if not isinstance(metadata, Mapping):
+        raise ConfigurationError(f"metadata{where} must be a mapping, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if key in _LIBRARY_FIELDS:
+            raise ConfigurationError(
+                f"metadata field {key!r}{where} is reserved: {_RESERVED_WHY[key]}; "
+                "give your value another name"
+            )
+        problem = value_problem(value)
+        if problem is not None:
+            raise ConfigurationError(f"metadata field {key!r}{where} {problem}")
+
+
+def _merged(stored: Mapping[str, Any] | None, given: dict[str, Any], replace: bool) -> dict[str, Any]:
+    """A record's new metadata: the stored fields (unless ``replace``) updated by the given
+    ones; ``path`` and ``sha256`` always describe the input being added."""
+    if stored is None or replace:
+        return given
+    merged = {k: v for k, v in stored.items() if k not in _LIBRARY_FIELDS}
+    merged.update(given)
+    return merged
 
 
 def _check_lengths(total: int | None, ids: Any, metadata: Any) -> None:

@@ -343,11 +343,14 @@ def from_csv(
     """Rows of a CSV such as the tutorial's ``id,path,label``.
 
     Paths are relative to the CSV's folder. Every other column becomes metadata (so
-    ``label`` is filterable); the ``id`` column is kept as metadata ``csv_id``. Ids stay
+    ``label`` is filterable); the ``id`` column is kept as metadata ``csv_id``. A column
+    named ``path`` (other than ``path_column``) or ``sha256`` is refused: the index sets
+    those fields itself. Ids stay
     path-derived unless ``id_column`` names a column to use as the record id.
 
     Raises:
-        ConfigurationError: the file is missing or has no ``path_column``.
+        ConfigurationError: the file is missing, has no ``path_column``, or has a
+            ``path`` or ``sha256`` column beside it.
     """
     csv_path = Path(path).expanduser()
     if not csv_path.is_file():
@@ -361,6 +364,12 @@ def from_csv(
         )
     if id_column is not None and id_column not in header:
         raise ConfigurationError(f"{str(csv_path)!r} has no {id_column!r} column")
+    for reserved, what in (("path", "each file's resolved path"), ("sha256", "the content hash")):
+        if reserved in header and reserved != path_column:
+            raise ConfigurationError(
+                f"{str(csv_path)!r} has a column {reserved!r}: that metadata field is reserved "
+                f"(the index stores {what} there); rename the column"
+            )
 
     def rows() -> Iterator[Item]:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:

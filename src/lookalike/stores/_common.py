@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigurationError, SchemaMismatchError
-from ..filters import NormalizedFilter, matches
+from ..filters import NormalizedFilter, matches, value_problem
 from ..types import Hit, Record, Schema
 
 __all__ = [
@@ -79,11 +79,9 @@ def _check_metadata(record_id: str, metadata: Mapping[str, Any]) -> None:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key.isidentifier() or key in ("id", "vector", "score"):
             raise ConfigurationError(f"record {record_id!r}: invalid metadata key {key!r}")
-        if not isinstance(value, (str, int, float, bool)):
-            raise ConfigurationError(
-                f"record {record_id!r}: metadata {key!r} must be str, int, float or bool, "
-                f"got {type(value).__name__}"
-            )
+        problem = value_problem(value)
+        if problem is not None:
+            raise ConfigurationError(f"record {record_id!r}: metadata {key!r} {problem}")
 
 
 def check_search_args(vectors: NDArray[Any], k: int, schema: Schema) -> NDArray[np.float32]:
