@@ -115,7 +115,7 @@ class SearchResults(list[Hit]):
 
     def to_pandas(self) -> pandas.DataFrame:
         """One row per hit, best first, indexed by rank (1, 2, ...): ``id``, ``score``,
-        ``path`` and every metadata field (missing values are ``None``).
+        ``path`` and every metadata field (a field a hit lacks is missing, as pandas writes it).
 
         Raises:
             MissingDependencyError: pandas is not installed (``pip install pandas``).
@@ -315,13 +315,17 @@ _cache_lock = threading.Lock()
 
 def _thumbnails(sources: Sequence[Any]) -> list[tuple[str | None, str]]:
     """``(data URI, "")`` or ``(None, placeholder text)`` for each source, made in threads."""
-    if not sources:
-        return []
-    workers = min(8, os.cpu_count() or 1, len(sources))
+    # a file shown twice (the query is often its own first hit) is made once
+    keys = [os.fspath(s) if isinstance(s, (str, os.PathLike)) else id(s) for s in sources]
+    unique = {key: source for key, source in zip(keys, sources)}
+    workers = min(8, os.cpu_count() or 1, len(unique))
     if workers <= 1:
-        return [_thumbnail(s) for s in sources]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-thumbnail") as pool:
-        return list(pool.map(_thumbnail, sources))
+        made = [_thumbnail(s) for s in unique.values()]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-thumbnail") as pool:
+            made = list(pool.map(_thumbnail, unique.values()))
+    by_key = dict(zip(unique, made))
+    return [by_key[key] for key in keys]
 
 
 def _thumbnail(source: Any) -> tuple[str | None, str]:
@@ -349,10 +353,14 @@ def _file_thumbnail(path: str) -> str:
         raise _NoPreview("not a file") from None
     except OSError:
         raise _NoPreview("cannot read") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _NoPreview("not a file")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
         key = (path, info.st_mtime_ns, info.st_size)
         with _cache_lock:
             cached = _cache.get(key)
@@ -374,7 +382,10 @@ def _make_thumbnail(source: Any) -> str:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = source if isinstance(source, Image.Image) else Image.open(source)
+        try:
+            img = source if isinstance(source, Image.Image) else Image.open(source)
+        except Image.DecompressionBombError:
+            raise _NoPreview("too large to preview") from None
         width, height = img.size
         if width * height > DEFAULT_MAX_PIXELS or width == 0 or height == 0:
             raise _NoPreview("too large to preview" if width and height else "no pixels")
