@@ -120,6 +120,18 @@ def test_html_grid_shows_ten_thumbnails_with_rank_score_label_and_name(
     assert not any(HEX32.search(part) for part in DATA_URI.split(markup)[::2])
 
 
+def test_inline_styles_are_well_formed(labelled: ImageSearchIndex, image_dir: Path) -> None:
+    hits = labelled.search(next(iter(sources.from_dir(image_dir))), k=3)
+    report = AddReport(failed=[Failure("a.jpg", "file not found")], seconds=1.0)
+    for markup in (hits._repr_html_(), report._repr_html_(), hits[0]._repr_html_()):
+        styles = re.findall(r'style="([^"]*)"', markup)
+        assert styles
+        for style in styles:
+            for declaration in filter(None, style.split(";")):
+                name, value = declaration.split(":", 1)
+                assert re.fullmatch(r"[a-z-]+", name) and ":" not in value, style
+
+
 def test_thumbnails_are_made_lazily_and_cached(
     labelled: ImageSearchIndex, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

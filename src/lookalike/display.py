@@ -247,7 +247,7 @@ def report_html(report: AddReport) -> str:
 _TILE = (f"display:inline-block;vertical-align:top;width:{THUMBNAIL_SIZE}px;margin:0 8px 8px 0;"
          "text-align:center;overflow:hidden")
 _FRAME = (f"width:{THUMBNAIL_SIZE}px;height:{THUMBNAIL_SIZE}px;display:flex;align-items:center;"
-          "justify-content:center;background:#f2f2f2;overflow:hidden")
+          "justify-content:center;background:#f2f2f2;overflow:hidden;")
 _LINE = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
 
 
@@ -286,7 +286,7 @@ def hits_html(hits: Sequence[Hit], *, query: Any = None, ranked: bool = True) ->
 
 def _tile(thumbnail: tuple[str | None, str], lines: list[str], *, query: bool = False) -> str:
     uri, note = thumbnail
-    border = "outline:2px solid #e8890c;outline-offset:-2px;" if query else ""
+    border = "border:3px solid #e8890c;box-sizing:border-box;" if query else ""
     if uri is not None:
         picture = f'<img src="{uri}" alt="" style="max-width:100%;max-height:100%">'
     else:
