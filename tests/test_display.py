@@ -24,7 +24,6 @@ from lookalike import (
     ImageSearchIndex,
     MissingDependencyError,
     NotFoundError,
-    Record,
     sources,
 )
 from lookalike import display as display_module
@@ -210,7 +209,8 @@ def test_thumbnails_follow_exif_orientation_and_flatten_transparency(tmp_path: P
     markup = hits._repr_html_()
     thumbs = [Image.open(io.BytesIO(base64.b64decode(d))) for d in DATA_URI.findall(markup)]
     assert [t.size for t in thumbs] == [(85, 128), (128, 64), (80, 50), (96, 80)]
-    assert min(thumbs[1].convert("RGB").getpixel((10, 10))) > 240  # transparent shows as white
+    pixel = thumbs[1].convert("RGB").getpixel((10, 10))
+    assert isinstance(pixel, tuple) and min(pixel) > 240  # transparent shows as white
 
 
 # -- text ---------------------------------------------------------------------------------------

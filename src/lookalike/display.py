@@ -37,7 +37,16 @@ if TYPE_CHECKING:
     import pandas
     from PIL import Image
 
-__all__ = ["MAX_TILES", "THUMBNAIL_SIZE", "SearchResults", "hits_html", "report_html", "report_text"]
+__all__ = [
+    "MAX_TILES",
+    "THUMBNAIL_SIZE",
+    "SearchResults",
+    "clear_thumbnail_cache",
+    "describe_query",
+    "hits_html",
+    "report_html",
+    "report_text",
+]
 
 #: Longest side of a thumbnail, in pixels.
 THUMBNAIL_SIZE = 128

@@ -96,7 +96,7 @@ def test_read_errors_and_crashing_decoders_show_a_placeholder(
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(display_module.os, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_open)
     real_make = display_module._make_thumbnail
 
     def crashing(source: object) -> str:
