@@ -434,3 +434,17 @@ def test_bar_outside_notebooks_goes_to_stderr_for_unknown_totals(
     final = err.replace("\r", "\n").strip().splitlines()[-1]
     assert out == "" and final.startswith("indexing: 12 img [")
     assert report.rate is not None and final.endswith(f", {report.rate:.1f} img/s]")
+
+
+def test_evaluation_bar_in_a_notebook_without_widgets_is_text_on_stdout(
+    labelled: ImageSearchIndex, image_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lookalike.eval import evaluate
+
+    monkeypatch.setattr(display_module, "_in_notebook", lambda: True)
+    monkeypatch.setattr(display_module, "_has_widgets", lambda: False)
+    files = list(sources.from_dir(image_dir))[:4]
+    evaluate(labelled, [(f, "even" if i % 2 == 0 else "odd") for i, f in enumerate(files)], k=3, progress=True)
+    out, err = capsys.readouterr()
+    assert err == "" and "queries: 100%" in out and "4/4" in out

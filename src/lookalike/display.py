@@ -488,6 +488,16 @@ def _bar_class() -> tuple[Any, Any]:
     return text_tqdm, sys.stderr
 
 
+def tqdm_bar(**options: Any) -> Any:
+    """A tqdm bar of the kind that suits where it is shown (see :func:`_bar_class`)."""
+    cls, file = _bar_class()
+    if file is not None:
+        options = {"file": file, "dynamic_ncols": True, **options}
+    else:
+        options = {k: v for k, v in options.items() if k not in ("file", "dynamic_ncols")}
+    return cls(**options)
+
+
 class Progress:
     """``add_many``'s progress bar: images done out of the total, and the same embedded
     images per second as :attr:`AddReport.rate` (so the bar and the report agree)."""
@@ -498,15 +508,11 @@ class Progress:
         self.bar: Any = None
         if not enabled:
             return
-        cls, file = _bar_class()
         if total is None:
             bar_format = "{desc}: {n_fmt} img [{elapsed}{postfix}]"
         else:
             bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
-        options: dict[str, Any] = {"total": total, "unit": "img", "desc": "indexing", "bar_format": bar_format}
-        if file is not None:
-            options.update(file=file, dynamic_ncols=True)
-        self.bar = cls(**options)
+        self.bar = tqdm_bar(total=total, unit="img", desc="indexing", bar_format=bar_format)
 
     def update(self, n: int) -> None:
         if self.bar is None:
