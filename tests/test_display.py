@@ -160,6 +160,22 @@ def test_a_hundred_hits_render_once_each_at_most_max_tiles(
     assert len(markup) < 100 * 8_000  # small inlined JPEGs
 
 
+def test_large_jpegs_are_decoded_at_reduced_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.jpg"
+    make_image(4, (2400, 1600)).save(path, quality=85)
+    decoded: list[tuple[int, int]] = []
+    real = display_module._small_rgb
+
+    def recording(img: Image.Image) -> Image.Image:
+        decoded.append(img.size)
+        return real(img)
+
+    monkeypatch.setattr(display_module, "_small_rgb", recording)
+    markup = SearchResults([Hit("a", 0.5, str(path))])._repr_html_()
+    assert decoded == [(300, 200)]  # 1/8 scale straight from the JPEG, not 3.8 million pixels
+    assert _thumbnail_sizes(markup) == [(128, 85)]
+
+
 def test_gone_or_unreadable_images_show_a_placeholder(index: ImageSearchIndex, tmp_path: Path) -> None:
     good, gone, broken = tmp_path / "good.png", tmp_path / "gone.png", tmp_path / "broken.jpg"
     make_image(1).save(good)
