@@ -48,3 +48,57 @@ def test_changelog_has_unreleased_section() -> None:
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in text
     assert "Keep a Changelog" in text
+
+
+PROJECT = "https://github.com/lookalike/lookalike"
+
+
+def _readme_targets() -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
+
+
+def test_readme_links_are_absolute_for_pypi() -> None:
+    """PyPI renders README.md away from the repository: relative links and images break there."""
+    targets = _readme_targets()
+    assert targets
+    for target in targets:
+        assert target.startswith(("https://", "#")), f"README.md links to relative {target!r}"
+
+
+def test_readme_links_into_the_project_name_files_that_exist() -> None:
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
+    assert any("notebook-results.png" in i for i in images)
+    for target in _readme_targets():
+        if not target.startswith(PROJECT + "/"):
+            continue
+        kind, branch, path = target[len(PROJECT) + 1 :].split("#")[0].split("/", 2)
+        assert (kind, branch) in {("blob", "main"), ("tree", "main"), ("raw", "main")}, target
+        assert (ROOT / path).exists(), f"README.md links to missing {path}"
+        assert (kind == "raw") == (target in images), f"images need raw/ URLs, pages blob/: {target}"
+
+
+def test_readme_documents_cpu_torch_and_every_extra() -> None:
+    import tomllib
+
+    text = (ROOT / "README.md").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in extras:
+        assert f"[{extra}]" in text or f"[all,{extra}" in text or f",{extra}]" in text, extra
+    assert '"lookalike[ann]"' in text and "`[dev]`" in text and "`[bench]`" in text
+
+
+def test_project_urls_for_pypi() -> None:
+    import tomllib
+
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert {"Homepage", "Source", "Issues", "Documentation", "Changelog"} <= set(urls)
+    assert all(url.startswith(PROJECT) for url in urls.values())
+    assert urls["Issues"] == PROJECT + "/issues"
+
+
+def test_help_points_to_docs_that_pip_users_can_reach() -> None:
+    help_text = build_parser().format_help()
+    url = re.search(r"https://\S+", help_text)
+    assert url is not None and url.group(0).startswith(PROJECT + "/blob/main/docs/")
+    assert (ROOT / url.group(0).split("/blob/main/", 1)[1]).exists()

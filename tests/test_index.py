@@ -302,7 +302,8 @@ def test_search_finds_the_image_itself_first(index: ImageSearchIndex, image_dir:
         assert hits[0].path == str(path.resolve())
         assert hits[0].score == pytest.approx(1.0, abs=1e-5)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-        assert "sha256" in hits[0].metadata and "path" not in hits[0].metadata
+        assert "sha256" not in hits[0].metadata and "path" not in hits[0].metadata
+        assert hits[0].content_hash == index.get(hits[0].id).metadata["sha256"]
 
 
 def test_search_finds_a_resized_copy(index: ImageSearchIndex, image_dir: Path) -> None:

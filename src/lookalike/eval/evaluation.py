@@ -191,11 +191,11 @@ def evaluate(
             )
         relevant.append(rel)
 
-    from tqdm.auto import tqdm
+    from ..display import tqdm_bar  # a widget in notebooks with ipywidgets, else text
 
     started = time.perf_counter()
     vectors = []
-    with tqdm(total=len(items), unit="query", desc="queries", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm_bar(total=len(items), unit="query", desc="queries", disable=not progress) as bar:
         for start in range(0, len(items), index.batch_size):
             chunk = items[start : start + index.batch_size]
             vectors.append(index.embed_queries([q.image for q in chunk]))
