@@ -31,11 +31,22 @@ from .registry import (
 )
 from .types import Hit
 
-__all__ = ["build_parser", "main", "open_index"]
+__all__ = ["build_parser", "main", "open_index", "positive_int"]
 
 #: Modules that add their own subcommands with ``add_command(subparsers)``.
 _EXTENSIONS = ("lookalike.eval.cli", "lookalike.serve")
 EXIT_PARTIAL = 3
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--batch-size 0`` is a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
@@ -297,14 +308,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         check = getattr(store, "check", None)
         if check is None:
             raise ConfigurationError(f"{store!r} has no integrity check")
-        problems: list[str] = check(rebuild=True) if args.rebuild else check()
+        options = {"rebuild": True} if args.rebuild else {}
+        if args.fix:
+            options["fix"] = True
+        problems: list[str] = check(**options)
+        left = check() if args.fix and problems else problems  # what the fix did not cure
     finally:
         store.close()
     if args.json:
-        _print_json({"ok": not problems, "problems": problems})
+        _print_json({"ok": not left, "problems": problems, "fixed": args.fix and not left})
     else:
         print("ok" if not problems else "\n".join(problems))
-    return 0 if not problems else 1
+        if args.fix and problems:
+            print("after the fix: " + ("ok" if not left else f"{len(left)} problem(s) left"))
+    return 0 if not left else 1
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
@@ -385,13 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rebuild", action="store_true", help="rebuild the derived index even when it looks sound"
     )
+    p.add_argument(
+        "--fix", action="store_true",
+        help="drop damaged records (re-index their files to add them again) and compact the "
+        "deletion log; without it check never writes",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("copy", help="copy an index between stores without re-embedding")
     p.add_argument("--from", dest="source", required=True, metavar="SPEC", help="source store")
     p.add_argument("--to", dest="target", required=True, metavar="SPEC", help="target store")
-    p.add_argument("--batch-size", type=int, default=1000, help="records per write (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="records per write (default 1000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_copy)
 

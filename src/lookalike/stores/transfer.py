@@ -2,10 +2,52 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from ..errors import ConfigurationError
 from ..protocols import VectorStore
+from ._common import check_batch_size
 
-__all__ = ["copy_store"]
+__all__ = ["copy_store", "same_store"]
+
+
+def same_store(a: VectorStore, b: VectorStore) -> str | None:
+    """Why ``a`` and ``b`` are one and the same store, or None when they are not.
+
+    Two :class:`~lookalike.stores.LocalStore` handles are the same store when their
+    paths resolve to one file, including through a hard link, a symbolic link or another
+    path to it (same device and inode). Two Tencent stores are the same when the URL,
+    database and collection match. Any store is the same as itself.
+    """
+    if a is b:
+        return f"{a!r} is both the source and the target"
+    pa, pb = _local_path(a), _local_path(b)
+    if pa is not None and pb is not None:
+        if os.path.realpath(pa) == os.path.realpath(pb):
+            return f"{pa} and {pb} are the same file"
+        try:
+            if os.path.samefile(pa, pb):
+                return f"{pa} and {pb} are the same file (linked)"
+        except OSError:
+            pass
+        return None
+    ta, tb = _tencent_key(a), _tencent_key(b)
+    if ta is not None and ta == tb:
+        return f"both are collection {ta[2]!r} of database {ta[1]!r} at {ta[0]}"
+    return None
+
+
+def _local_path(store: Any) -> str | None:
+    from .local import LocalStore
+
+    return os.fspath(store.path) if isinstance(store, LocalStore) else None
+
+
+def _tencent_key(store: Any) -> tuple[str, str, str] | None:
+    if type(store).__name__ != "TencentVectorStore":  # no import: tcvectordb is an extra
+        return None
+    return (str(store.url).rstrip("/").lower(), str(store.database), str(store.collection))
 
 
 def copy_store(
@@ -15,8 +57,16 @@ def copy_store(
 
     The target gets the source's schema (created if missing; a different existing
     schema raises :class:`~lookalike.errors.SchemaMismatchError`). Records are upserted by
-    id, so copying again, or after an interruption, never duplicates.
+    id, so copying again, or after an interruption, never duplicates. A source and
+    target that are the same store (see :func:`same_store`) raise
+    :class:`~lookalike.errors.ConfigurationError`; so does a ``batch_size`` below 1.
     """
+    check_batch_size(batch_size)
+    why = same_store(source, target)
+    if why is not None:
+        raise ConfigurationError(
+            f"cannot copy a store onto itself: {why}. Choose another target."
+        )
     schema = source.describe()
     if schema is None:
         raise ConfigurationError(f"{source!r} has no schema: nothing to copy")
