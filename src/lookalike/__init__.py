@@ -13,6 +13,7 @@ from . import errors, sources
 from ._version import __version__
 from .errors import (
     ConfigurationError,
+    DamagedRecordWarning,
     ImageLoadError,
     ImageSearchError,
     MissingDependencyError,
@@ -33,6 +34,7 @@ from .types import AddReport, Failure, Hit, Record, Schema
 __all__ = [
     "AddReport",
     "ConfigurationError",
+    "DamagedRecordWarning",
     "Embedder",
     "Failure",
     "Hit",

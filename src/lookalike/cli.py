@@ -316,7 +316,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json({"ok": not left, "problems": problems, "fixed": args.fix and not left})
+        payload: dict[str, Any] = {"ok": not left, "problems": problems}
+        if args.fix:
+            payload["left"] = left  # what the fix could not cure
+        _print_json(payload)
     else:
         print("ok" if not problems else "\n".join(problems))
         if args.fix and problems:

@@ -1144,13 +1144,13 @@ class LocalStore:
                 if got is None:
                     continue
                 try:
-                    meta: Any = json.loads(got[1])
-                    if not isinstance(meta, dict):
+                    parsed: Any = json.loads(got[1])
+                    if not isinstance(parsed, dict):
                         raise ValueError("not a JSON object")
                 except ValueError as exc:  # damaged since this process loaded it
                     self._warn_damaged(got[0], f"unreadable metadata ({exc})")
                     continue
-                hits.append(Hit.from_metadata(got[0], float(np.clip(s, -1.0, 1.0)), meta))
+                hits.append(Hit.from_metadata(got[0], float(np.clip(s, -1.0, 1.0)), parsed))
             results.append(hits)
         return results
 
