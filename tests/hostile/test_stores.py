@@ -7,6 +7,7 @@ fail every search, get and re-index that touched it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import warnings
@@ -119,7 +120,7 @@ def test_copy_store_refuses_one_handle_and_two_handles_on_one_file(
     with LocalStore(path) as one, LocalStore(tmp_path / "b.lookalike") as other:
         with pytest.raises(ConfigurationError, match="onto itself"):
             copy_store(one, one)
-        with pytest.raises(ConfigurationError, match="same file"):
+        with pytest.raises(ConfigurationError, match="same store file"):
             copy_store(one, other)
     memory = InMemoryStore()
     memory.create_schema(SCHEMA)
@@ -135,6 +136,29 @@ def test_a_copy_of_the_file_is_another_store(tmp_path: Path) -> None:
     with LocalStore(path) as a, LocalStore(tmp_path / "b.lookalike") as b:
         assert same_store(a, b) is None
         assert copy_store(a, b) == 5 and b.count() == 5
+
+
+def test_same_file_out_of_sight_of_paths_is_caught_by_the_store_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounded_upserts: list[int]
+) -> None:
+    # A path the OS cannot match (say a network mount of the same folder) is caught by
+    # the store id plus a mark written through one handle and read through the other.
+    path = tmp_path / "a.lookalike"
+    filled(path, 5)
+    bounded_upserts.clear()
+    monkeypatch.setattr(os.path, "samefile", lambda a, b: False)
+    calls = itertools.count()
+    monkeypatch.setattr(os.path, "realpath", lambda p: f"{p}#{next(calls)}")  # never equal
+    with (
+        LocalStore(path) as one,
+        LocalStore(path) as other,
+        pytest.raises(ConfigurationError, match="same store file"),
+    ):
+        copy_store(one, other)
+    assert bounded_upserts == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM meta WHERE key = 'probe'").fetchone()[0] == 0
+    conn.close()
 
 
 def test_tencent_stores_are_the_same_by_url_database_and_collection() -> None:

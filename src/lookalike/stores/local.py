@@ -661,6 +661,33 @@ class LocalStore:
             stacklevel=4,
         )
 
+    def shares_file_with(self, other: LocalStore) -> bool:
+        """Whether ``other`` opened the very same store file, by whatever path.
+
+        Paths that resolve to one file (links included) are the same. Two files with the
+        same store id are the same only if a mark written through ``other`` is read
+        back through this handle: a plain copy of a store file has the same id but is
+        another store. The mark is removed again.
+        """
+        mine, theirs = os.path.realpath(self.path), os.path.realpath(other.path)
+        if mine == theirs:
+            return True
+        with contextlib.suppress(OSError):
+            if os.path.samefile(mine, theirs):
+                return True
+        if not self._uuid or self._uuid != other._uuid or other.read_only:
+            return False
+        token = uuid.uuid4().hex
+        with other._lock, other._transaction("compare stores") as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('probe', ?)", (token,))
+        try:
+            with self._lock, self._translate("compare stores"):
+                row = self._db.execute("SELECT value FROM meta WHERE key='probe'").fetchone()
+        finally:
+            with other._lock, other._transaction("compare stores") as db:
+                db.execute("DELETE FROM meta WHERE key='probe' AND value=?", (token,))
+        return row is not None and row[0] == token
+
     def count(self) -> int:
         with self._lock, self._translate("count"):
             return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])

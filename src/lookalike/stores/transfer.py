@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -15,33 +14,23 @@ __all__ = ["copy_store", "same_store"]
 def same_store(a: VectorStore, b: VectorStore) -> str | None:
     """Why ``a`` and ``b`` are one and the same store, or None when they are not.
 
-    Two :class:`~lookalike.stores.LocalStore` handles are the same store when their
-    paths resolve to one file, including through a hard link, a symbolic link or another
-    path to it (same device and inode). Two Tencent stores are the same when the URL,
-    database and collection match. Any store is the same as itself.
+    Two :class:`~lookalike.stores.LocalStore` handles are the same store when they opened
+    one file, by any path or link (see :meth:`LocalStore.shares_file_with`, which also
+    tells a plain copy of the file from the file itself). Two Tencent stores are the
+    same when the URL, database and collection match. Any store is the same as itself.
     """
     if a is b:
         return f"{a!r} is both the source and the target"
-    pa, pb = _local_path(a), _local_path(b)
-    if pa is not None and pb is not None:
-        if os.path.realpath(pa) == os.path.realpath(pb):
-            return f"{pa} and {pb} are the same file"
-        try:
-            if os.path.samefile(pa, pb):
-                return f"{pa} and {pb} are the same file (linked)"
-        except OSError:
-            pass
+    from .local import LocalStore
+
+    if isinstance(a, LocalStore) and isinstance(b, LocalStore):
+        if a.shares_file_with(b):
+            return f"{a.path} and {b.path} are the same store file"
         return None
     ta, tb = _tencent_key(a), _tencent_key(b)
     if ta is not None and ta == tb:
         return f"both are collection {ta[2]!r} of database {ta[1]!r} at {ta[0]}"
     return None
-
-
-def _local_path(store: Any) -> str | None:
-    from .local import LocalStore
-
-    return os.fspath(store.path) if isinstance(store, LocalStore) else None
 
 
 def _tencent_key(store: Any) -> tuple[str, str, str] | None:
