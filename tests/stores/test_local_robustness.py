@@ -275,18 +275,43 @@ def test_ann_store_keeps_the_tombstones_its_index_file_needs(
         store.create_schema(SCHEMA)
         store.upsert(recs)
         assert store.search_mode == "ann"  # builds and saves <path>.ann
+        store.delete([f"r{i}" for i in range(200, 300)])  # 100 tombstones: fewer than live
+        assert store.search(recs[0].vector, 1)[0][0].id == "r0"
+    # closing saved the index file, covering those 100 tombstones
     with LocalStore(path, ann_threshold=100) as writer:
-        writer.delete([f"r{i}" for i in range(200, 300)])  # 100 tombstones
-        writer.delete([f"r{i}" for i in range(100, 130)])  # still fewer than 170 live
-        writer.delete([f"r{i}" for i in range(130, 200)])  # now more than the 100 live
-        assert tombstones(path) == 200  # all newer than what the .ann file covers
-    with LocalStore(path, ann_threshold=50) as store:
-        assert store.check(fix=True) == []  # saves the index file, then compacts
-        assert tombstones(path) == 0
-    with LocalStore(path, ann_threshold=50) as store:
+        writer.delete([f"r{i}" for i in range(110, 200)])  # 190 > 110 live: compacted
+    assert tombstones(path) == 90  # the ones newer than the index file are kept
+
+    def no_rebuild(*args: object) -> None:
+        raise AssertionError("the index file should have been caught up, not rebuilt")
+
+    monkeypatch.setattr(LocalStore, "_build_ann", no_rebuild)
+    with LocalStore(path, ann_threshold=100) as store:
         assert store.search_mode == "ann"
-        hits = store.search(recs[7].vector, 100)[0]
-        assert hits[0].id == "r7" and {h.id for h in hits} == {f"r{i}" for i in range(100)}
+        hits = store.search(recs[7].vector, 200)[0]
+        assert hits[0].id == "r7" and {h.id for h in hits} == {f"r{i}" for i in range(110)}
+        assert store.check(fix=True) == []  # saves the index file, then compacts the rest
+    assert tombstones(path) == 0
+
+
+def test_a_stale_ann_file_does_not_keep_tombstones_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(local_module, "_TOMB_COMPACT_MIN", 10)
+    path = tmp_path / "a.lookalike"
+    recs = records(300)
+    with LocalStore(path, ann_threshold=100) as store:
+        store.create_schema(SCHEMA)
+        store.upsert(recs)
+        assert store.search_mode == "ann"
+    with LocalStore(path, ann_threshold=100) as writer:  # never searches: file not saved
+        writer.delete([f"r{i}" for i in range(140, 300)])  # 160 > 140 live
+    assert tombstones(path) == 0  # catching the file up would cost a rebuild anyway
+    with LocalStore(path, ann_threshold=100) as store:
+        assert store.search_mode == "ann"
+        hits = store.search(recs[3].vector, 300)[0]
+        assert hits[0].id == "r3" and {h.id for h in hits} == {f"r{i}" for i in range(140)}
 
 
 def test_check_fix_compacts_tombstones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -633,18 +633,22 @@ class LocalStore:
 
     def _record(self, rid: str, blob: bytes, meta: str, dim: int) -> Record | None:
         """A stored row as a Record, or None (with a warning) when it is damaged."""
-        problem = self._damage(blob, meta, dim)
+        problem = self._damage(len(blob), meta, dim)
         if problem is not None:
             self._warn_damaged(rid, problem)
             return None
         return Record(rid, np.frombuffer(blob, dtype=np.float32).copy(), json.loads(meta))
 
     @staticmethod
-    def _damage(blob: Any, meta: Any, dim: int) -> str | None:
-        """What is wrong with a stored row, or None when it is sound."""
-        size = len(blob) if isinstance(blob, bytes) else -1
+    def _damage(size: int, meta: str | None, dim: int) -> str | None:
+        """What is wrong with a stored row (its vector's size, its metadata), or None.
+
+        ``meta=None`` stands for metadata already known to be a JSON object.
+        """
         if size != dim * 4:
             return f"vector of {size} bytes, expected {dim * 4}"
+        if meta is None:
+            return None
         try:
             parsed: Any = json.loads(meta)
         except (TypeError, ValueError) as exc:
@@ -794,15 +798,17 @@ class LocalStore:
         pending = self._max_tomb(db) - self._tomb_floor(db)
         if pending < _TOMB_COMPACT_MIN:
             return
-        if pending > int(db.execute("SELECT count(*) FROM records").fetchone()[0]):
-            self._compact_tombstones(db)
+        live = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
+        if pending > live:
+            self._compact_tombstones(db, live)
 
-    def _compact_tombstones(self, db: sqlite3.Connection) -> int:
+    def _compact_tombstones(self, db: sqlite3.Connection, live: int | None = None) -> int:
         """Delete the tombstones every reader can do without; return how many.
 
         Inside a write transaction. Readers that had not seen them all resync their
-        deletions from the rowids (``meta.tomb_floor`` tells them); tombstones newer than
-        the derived ANN file are kept, so that file still catches up incrementally.
+        deletions from the rowids (``meta.tomb_floor`` tells them). Tombstones newer than
+        the derived ANN file are kept, so that it still catches up incrementally, unless
+        they outnumber the ``live`` records (catching up would cost about a rebuild).
         """
         floor = self._tomb_floor(db)
         upto = self._max_tomb(db)
@@ -811,8 +817,13 @@ class LocalStore:
 
             with contextlib.suppress(AnnFileError, KeyError, TypeError, ValueError):
                 header = IvfIndex.read_header(self.ann_path)
-                if header.get("store") == self._uuid and int(header["last_tomb"]) >= floor:
-                    upto = min(upto, int(header["last_tomb"]))
+                covered = int(header["last_tomb"])
+                if (
+                    header.get("store") == self._uuid
+                    and covered >= floor
+                    and (live is None or upto - covered <= live)
+                ):
+                    upto = min(upto, covered)
         if upto <= floor:
             return 0
         removed = int(db.execute("DELETE FROM tombstones WHERE seq <= ?", (upto,)).rowcount)
@@ -886,7 +897,7 @@ class LocalStore:
             last = int(chunk[-1][0])
             sound = []
             for row in chunk:
-                problem = self._damage(row[2], "{}" if row[3] is None else row[3], dim)
+                problem = self._damage(len(row[2]), row[3], dim)
                 if problem is None:
                     sound.append(row)
                 else:
@@ -1211,8 +1222,8 @@ class LocalStore:
             if schema is None:
                 return problems
             damaged: list[str] = []
-            for rid, blob, meta in db.execute("SELECT id, vector, metadata FROM records"):
-                problem = self._damage(blob, meta, schema.dim)
+            for rid, size, meta in db.execute("SELECT id, length(vector), metadata FROM records"):
+                problem = self._damage(size, meta, schema.dim)
                 if problem is not None:
                     damaged.append(rid)
                     problems.append(f"record {rid!r}: {problem}" + ("; dropped" if fix else ""))
