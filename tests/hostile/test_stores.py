@@ -296,3 +296,20 @@ def test_check_fix_on_a_vector_of_the_wrong_size(tmp_path: Path) -> None:
             "record 'r4': vector of 12 bytes, expected 32; dropped",
         ]
         assert store.check() == [] and store.count() == 4
+
+
+def test_damaged_records_in_an_approximate_index_are_skipped(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    path = tmp_path / "ann.lookalike"
+    recs = records(300)
+    with LocalStore(path, ann_threshold=100) as store:
+        store.create_schema(SCHEMA)
+        store.upsert(recs)
+    damage(path, "UPDATE records SET vector = zeroblob(3) WHERE id = 'r5'")
+    damage(path, "UPDATE records SET metadata = 'oops' WHERE id = 'r6'")
+    with LocalStore(path, ann_threshold=100) as store:
+        with pytest.warns(DamagedRecordWarning):
+            assert store.search_mode == "ann"
+            hits = store.search(recs[6].vector, 300)[0]
+        assert {h.id for h in hits} == {r.id for r in recs} - {"r5", "r6"}
+        assert [p.split(":")[0] for p in store.check()] == ["record 'r5'", "record 'r6'"]
