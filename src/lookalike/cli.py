@@ -11,13 +11,14 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__, sources
 from .embedders._torch import TorchEmbedder, import_torch
-from .errors import ConfigurationError, ImageSearchError
+from .errors import ConfigurationError, DamagedRecordWarning, ImageSearchError
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
 from .registry import (
@@ -431,11 +432,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:
+    """Warnings of lookalike's own as one line, like errors (others as Python shows them)."""
+    if issubclass(category, DamagedRecordWarning):
+        print(f"lookalike: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("default", DamagedRecordWarning)  # shown, once per record
+            return int(args.func(args))
     except ImageSearchError as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 1

@@ -313,3 +313,19 @@ def test_damaged_records_in_an_approximate_index_are_skipped(tmp_path: Path) -> 
             hits = store.search(recs[6].vector, 300)[0]
         assert {h.id for h in hits} == {r.id for r in recs} - {"r5", "r6"}
         assert [p.split(":")[0] for p in store.check()] == ["record 'r5'", "record 'r6'"]
+
+
+def test_cli_search_warns_in_one_line_and_still_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(3):
+        make_image(i, size=(24, 20)).save(tmp_path / f"{i}.png")
+    store = str(tmp_path / "w.lookalike")
+    assert main(["index", str(tmp_path), "--store", store, "--embedder", "fake", "-q"]) == 0
+    damage(Path(store), "UPDATE records SET metadata = 'x' WHERE rowid = 1")
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "0.png"), "--store", store, "-k", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2
+    assert err.startswith("lookalike: warning: ") and err.count("\n") == 1
+    assert "is damaged (unreadable metadata" in err and "check --fix" in err
