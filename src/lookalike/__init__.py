@@ -14,6 +14,7 @@ from ._version import __version__
 from .display import SearchResults
 from .errors import (
     ConfigurationError,
+    DamagedRecordWarning,
     ImageLoadError,
     ImageSearchError,
     MissingDependencyError,
@@ -34,6 +35,7 @@ from .types import AddReport, Failure, Hit, Record, Schema
 __all__ = [
     "AddReport",
     "ConfigurationError",
+    "DamagedRecordWarning",
     "Embedder",
     "Failure",
     "Hit",

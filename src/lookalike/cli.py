@@ -11,13 +11,14 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__, sources
 from .embedders._torch import TorchEmbedder, import_torch
-from .errors import ConfigurationError, ImageSearchError, quote_name
+from .errors import ConfigurationError, DamagedRecordWarning, ImageSearchError, quote_name
 from .images import URL_REASON, looks_like_url
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
@@ -32,11 +33,22 @@ from .registry import (
 )
 from .types import Failure, Hit
 
-__all__ = ["build_parser", "main", "open_index"]
+__all__ = ["build_parser", "main", "open_index", "positive_int"]
 
 #: Modules that add their own subcommands with ``add_command(subparsers)``.
 _EXTENSIONS = ("lookalike.eval.cli", "lookalike.serve")
 EXIT_PARTIAL = 3
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--batch-size 0`` is a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
@@ -336,14 +348,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         check = getattr(store, "check", None)
         if check is None:
             raise ConfigurationError(f"{store!r} has no integrity check")
-        problems: list[str] = check(rebuild=True) if args.rebuild else check()
+        options = {"rebuild": True} if args.rebuild else {}
+        if args.fix:
+            options["fix"] = True
+        problems: list[str] = check(**options)
+        left = check() if args.fix and problems else problems  # what the fix did not cure
     finally:
         store.close()
     if args.json:
-        _print_json({"ok": not problems, "problems": problems})
+        payload: dict[str, Any] = {"ok": not left, "problems": problems}
+        if args.fix:
+            payload["left"] = left  # what the fix could not cure
+        _print_json(payload)
     else:
         print("ok" if not problems else "\n".join(problems))
-    return 0 if not problems else 1
+        if args.fix and problems:
+            print("after the fix: " + ("ok" if not left else f"{len(left)} problem(s) left"))
+    return 0 if not left else 1
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
@@ -435,13 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rebuild", action="store_true", help="rebuild the derived index even when it looks sound"
     )
+    p.add_argument(
+        "--fix", action="store_true",
+        help="drop damaged records (re-index their files to add them again) and compact the "
+        "deletion log; without it check never writes",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("copy", help="copy an index between stores without re-embedding")
     p.add_argument("--from", dest="source", required=True, metavar="SPEC", help="source store")
     p.add_argument("--to", dest="target", required=True, metavar="SPEC", help="target store")
-    p.add_argument("--batch-size", type=int, default=1000, help="records per write (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="records per write (default 1000)")
     p.add_argument("--replace-meta", action="store_true",
                    help="a record the target holds gets the source's metadata exactly (default: merged, "
                    "fields only the target has are kept)")
@@ -459,11 +485,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:
+    """Warnings of lookalike's own as one line, like errors (others as Python shows them)."""
+    if issubclass(category, DamagedRecordWarning):
+        print(f"lookalike: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("default", DamagedRecordWarning)  # shown, once per record
+            return int(args.func(args))
     except ImageSearchError as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,8 @@ one boundary per backend, with the original kept as ``__cause__``::
         ├── StoreTimeoutError     the store did not answer in time
         └── StoreCorruptError     the store's files are damaged or not ours
 
+    DamagedRecordWarning          a stored record cannot be read; it is skipped (a warning)
+
 Messages name the thing involved and, where there is one, the fix. They never
 contain credentials.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "DamagedRecordWarning",
     "ImageLoadError",
     "ImageSearchError",
     "MissingDependencyError",
@@ -131,3 +134,11 @@ class StoreTimeoutError(StoreError):
 
 class StoreCorruptError(StoreError):
     """The store's files are damaged, or are not a lookalike store."""
+
+
+class DamagedRecordWarning(UserWarning):
+    """A stored record cannot be read (damaged metadata or vector) and was skipped.
+
+    Searches and scans go on without it; ``lookalike check`` lists such records and
+    ``lookalike check --fix`` drops them (re-indexing the file also replaces its record).
+    """

@@ -14,6 +14,7 @@ from ..types import Hit, Record, Schema
 
 __all__ = [
     "ExactIndex",
+    "check_batch_size",
     "check_same_schema",
     "check_search_args",
     "require_schema",
@@ -41,6 +42,13 @@ def check_same_schema(existing: Schema, wanted: Schema, where: str) -> None:
             f"{where} was created with another schema: {'; '.join(problems)}. "
             "Use the same embedder and fields, or create a new store."
         )
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """Raise :class:`ConfigurationError` unless ``batch_size`` is a positive int."""
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
 
 
 def require_schema(schema: Schema | None, where: str) -> Schema:

@@ -8,7 +8,9 @@ import math
 import os
 import sqlite3
 import threading
+import urllib.parse
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from numpy.typing import NDArray
 
 from ..errors import (
     ConfigurationError,
+    DamagedRecordWarning,
     StoreConnectionError,
     StoreCorruptError,
     StoreError,
@@ -27,6 +30,7 @@ from ..errors import (
 from ..filters import NormalizedFilter, normalize_filter
 from ..types import Filter, Hit, Record, Schema
 from ._common import (
+    check_batch_size,
     check_same_schema,
     check_search_args,
     require_schema,
@@ -60,6 +64,9 @@ _SCHEMA_SQL = (
         INSERT INTO tombstones(row) VALUES (old.rowid);
     END""",
 )
+# Tombstones are compacted once there are this many, and more than live records: other
+# processes then resync their deletions from the rowids (see LocalStore._resync_deletions).
+_TOMB_COMPACT_MIN = 100_000
 _EXACT_FILTER_LIMIT = 50_000  # filtered ANN searches with fewer candidates scan them all
 _FETCH_CHUNK = 8192
 _IN_CHUNK = 500
@@ -244,6 +251,9 @@ class LocalStore:
             search exact at any size.
         ann_nprobe: inverted lists probed per query (default: 1/64 of them, at least 8);
             higher is slower and closer to exact.
+        read_only: open without ever writing (``info``, ``search``, ``check``). A store
+            whose file or folder cannot be written is opened read-only anyway; a write
+            then raises :class:`~lookalike.errors.StoreConnectionError`.
 
     >>> store = LocalStore("photos.lookalike")  # doctest: +SKIP
     """
@@ -255,6 +265,7 @@ class LocalStore:
         timeout: float = 30.0,
         ann_threshold: int | None = DEFAULT_ANN_THRESHOLD,
         ann_nprobe: int | None = None,
+        read_only: bool = False,
     ) -> None:
         if ann_threshold is not None and (
             not isinstance(ann_threshold, int)
@@ -286,6 +297,8 @@ class LocalStore:
         self._data_version: int | None = None
         self._dirty = False
         self._uuid = ""
+        self.read_only = bool(read_only)
+        self._immutable = False
         self._conn: sqlite3.Connection | None = None
         self._conn = self._open()
 
@@ -299,7 +312,8 @@ class LocalStore:
             raise StoreCorruptError(
                 f"{where} is a folder, not a lookalike store file", backend="LocalStore"
             )
-        if self.path.exists() and self.path.stat().st_size > 0:
+        existing = self.path.exists() and self.path.stat().st_size > 0
+        if existing:
             try:
                 with open(self.path, "rb") as fh:
                     head = fh.read(16)
@@ -313,6 +327,12 @@ class LocalStore:
                     "refusing to touch it. Choose another path.",
                     backend="LocalStore",
                 )
+            if not self.read_only and not self._writable():
+                self.read_only = True  # info, search and check still work
+        elif self.read_only:
+            raise StoreConnectionError(
+                f"{where}: no lookalike store there to open read-only", backend="LocalStore"
+            )
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,35 +340,90 @@ class LocalStore:
                 raise StoreError(
                     f"cannot create folder for {where}: {exc.strerror or exc}", backend="LocalStore"
                 ) from exc
-        with self._translate("open"):
-            conn = sqlite3.connect(
-                where, timeout=self._timeout, isolation_level=None, check_same_thread=False
-            )
         try:
+            return self._setup(self._connect())
+        except StoreConnectionError:
+            if self.read_only or not existing:
+                raise
+        # SQLite could not open it for writing (permissions the check above cannot see)
+        self.read_only = True
+        return self._setup(self._connect())
+
+    def _writable(self) -> bool:
+        """Whether this process may write the file and its folder (WAL needs both)."""
+        return os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK | os.X_OK)
+
+    def _connect(self, immutable: bool = False) -> sqlite3.Connection:
+        with self._translate("open"):
+            if not self.read_only:
+                return sqlite3.connect(
+                    str(self.path),
+                    timeout=self._timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            mode = "immutable=1" if immutable else "mode=ro"
+            uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?{mode}"
+            return sqlite3.connect(
+                uri, uri=True, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+
+    def _setup(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """Check that ``conn`` opened a lookalike store; create or upgrade it if writable."""
+        where = str(self.path)
+        try:
+            try:
+                with self._translate("open"):
+                    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            except StoreConnectionError:
+                wal = self.path.with_name(self.path.name + "-wal")
+                if not self.read_only or (wal.exists() and wal.stat().st_size > 0):
+                    raise
+                # A read-only folder without the -shm file SQLite needs for WAL reads;
+                # with no WAL content left the file alone is the whole store.
+                conn.close()
+                self._immutable = True
+                conn = self._connect(immutable=True)
+                with self._translate("open"):
+                    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             with self._translate("open"):
-                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
                 tables = {
                     r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 }
-                if tables and app_id != _APPLICATION_ID:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if app_id != _APPLICATION_ID and (tables or version or app_id):
+                    found = (
+                        f"tables {', '.join(sorted(tables))}" if tables else "no lookalike tables"
+                    )
                     raise StoreCorruptError(
-                        f"{where} is a SQLite database but not a lookalike store; refusing to touch it",
+                        f"{where} is a SQLite database of another application, not a lookalike "
+                        f"store (application_id {app_id}, user_version {version}, {found}); "
+                        "refusing to touch it",
                         backend="LocalStore",
                     )
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version > _FORMAT_VERSION:
                     raise StoreCorruptError(
                         f"{where} was written by a newer lookalike (format {version}); upgrade lookalike",
                         backend="LocalStore",
                     )
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                # Checkpoint every 64 MB of WAL rather than every 4 MB: bulk inserts of
-                # 8 KB vectors run about 1.5x faster, and the WAL file stays bounded.
-                conn.execute("PRAGMA wal_autocheckpoint=16384")
-                if not tables or version < _FORMAT_VERSION:
-                    self._create_or_migrate(conn, bool(tables))
+                if self.read_only:
+                    if not tables or version < _FORMAT_VERSION:
+                        raise StoreConnectionError(
+                            f"{where} is read-only and "
+                            + ("empty" if not tables else f"in the older format {version}")
+                            + ": open it once with write access to "
+                            + ("create the store" if not tables else "upgrade it"),
+                            backend="LocalStore",
+                        )
+                else:
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    # Checkpoint every 64 MB of WAL rather than every 4 MB: bulk inserts of
+                    # 8 KB vectors run about 1.5x faster, and the WAL file stays bounded.
+                    conn.execute("PRAGMA wal_autocheckpoint=16384")
+                    if not tables or version < _FORMAT_VERSION:
+                        self._create_or_migrate(conn, bool(tables))
                 row = conn.execute("SELECT value FROM meta WHERE key='uuid'").fetchone()
                 self._uuid = str(row[0]) if row else ""
         except BaseException:
@@ -418,6 +493,12 @@ class LocalStore:
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         db = self._db
+        if self.read_only:
+            raise StoreConnectionError(
+                f"{self.path}: cannot {action}: the store is open read-only "
+                "(the file or its folder cannot be written)",
+                backend="LocalStore",
+            )
         with self._translate(action), _write_transaction(db):
             yield db
 
@@ -435,6 +516,10 @@ class LocalStore:
 
     # -- protocol ----------------------------------------------------------------------
     def create_schema(self, schema: Schema) -> None:
+        existing = self.describe()
+        if existing is not None:  # no write needed (works on a read-only store)
+            check_same_schema(existing, schema, str(self.path))
+            return
         with self._lock, self._transaction("create schema") as db:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is not None:
@@ -475,6 +560,7 @@ class LocalStore:
                         f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk
                     )
                 db.executemany("INSERT INTO records(id, metadata, vector) VALUES (?, ?, ?)", rows)
+                self._maybe_compact_tombstones(db)
             self._dirty = True
 
     def search(
@@ -502,8 +588,9 @@ class LocalStore:
                     for rid, blob, meta in db.execute(
                         f"SELECT id, vector, metadata FROM records WHERE id IN ({marks})", chunk
                     ):
-                        vec = self._decode_vector(rid, blob, schema.dim).copy()
-                        found[rid] = Record(rid, vec, json.loads(meta))
+                        record = self._record(rid, blob, meta, schema.dim)
+                        if record is not None:
+                            found[rid] = record
             return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -518,25 +605,100 @@ class LocalStore:
                     removed += db.execute(
                         f"DELETE FROM records WHERE id IN ({marks})", chunk
                     ).rowcount
+                self._maybe_compact_tombstones(db)
             self._dirty = True
             return removed
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[Record]]:
+        """Every record once, as the store was when the scan began (a snapshot).
+
+        Records written meanwhile, even by this handle (say, copying a store onto
+        itself), are not yielded; damaged records are skipped with a
+        :class:`~lookalike.errors.DamagedRecordWarning`.
+        """
+        check_batch_size(batch_size)
         schema = self._require_schema()
-        last = 0
-        while True:
-            with self._lock, self._translate("scan"):
-                rows = self._db.execute(
-                    "SELECT rowid, id, vector, metadata FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                    (last, batch_size),
-                ).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield [
-                Record(rid, self._decode_vector(rid, blob, schema.dim).copy(), json.loads(meta))
-                for _, rid, blob, meta in rows
-            ]
+        # A connection of its own holds one read transaction over the whole scan.
+        conn = self._connect(immutable=self._immutable)
+        try:
+            with self._translate("scan"):
+                conn.execute("BEGIN")
+                cursor = conn.execute("SELECT id, vector, metadata FROM records ORDER BY rowid")
+            while True:
+                with self._translate("scan"):
+                    rows = cursor.fetchmany(batch_size)
+                if not rows:
+                    return
+                batch = [
+                    record
+                    for rid, blob, meta in rows
+                    if (record := self._record(rid, blob, meta, schema.dim)) is not None
+                ]
+                if batch:
+                    yield batch
+        finally:
+            conn.close()
+
+    def _record(self, rid: str, blob: bytes, meta: str, dim: int) -> Record | None:
+        """A stored row as a Record, or None (with a warning) when it is damaged."""
+        problem = self._damage(len(blob), meta, dim)
+        if problem is not None:
+            self._warn_damaged(rid, problem)
+            return None
+        return Record(rid, np.frombuffer(blob, dtype=np.float32).copy(), json.loads(meta))
+
+    @staticmethod
+    def _damage(size: int, meta: str | None, dim: int) -> str | None:
+        """What is wrong with a stored row (its vector's size, its metadata), or None.
+
+        ``meta=None`` stands for metadata already known to be a JSON object.
+        """
+        if size != dim * 4:
+            return f"vector of {size} bytes, expected {dim * 4}"
+        if meta is None:
+            return None
+        try:
+            parsed: Any = json.loads(meta)
+        except (TypeError, ValueError) as exc:
+            return f"unreadable metadata ({exc})"
+        if not isinstance(parsed, dict):
+            return "unreadable metadata (not a JSON object)"
+        return None
+
+    def _warn_damaged(self, rid: str, problem: str) -> None:
+        warnings.warn(
+            f"{self.path}: record {rid!r} is damaged ({problem}) and was skipped; "
+            "'lookalike check --fix' drops it, re-indexing its file replaces it",
+            DamagedRecordWarning,
+            stacklevel=4,
+        )
+
+    def shares_file_with(self, other: LocalStore) -> bool:
+        """Whether ``other`` opened the very same store file, by whatever path.
+
+        Paths that resolve to one file (links included) are the same. Two files with the
+        same store id are the same only if a mark written through ``other`` is read
+        back through this handle: a plain copy of a store file has the same id but is
+        another store. The mark is removed again.
+        """
+        mine, theirs = os.path.realpath(self.path), os.path.realpath(other.path)
+        if mine == theirs:
+            return True
+        with contextlib.suppress(OSError):
+            if os.path.samefile(mine, theirs):
+                return True
+        if not self._uuid or self._uuid != other._uuid or other.read_only:
+            return False
+        token = uuid.uuid4().hex
+        with other._lock, other._transaction("compare stores") as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('probe', ?)", (token,))
+        try:
+            with self._lock, self._translate("compare stores"):
+                row = self._db.execute("SELECT value FROM meta WHERE key='probe'").fetchone()
+        finally:
+            with other._lock, other._transaction("compare stores") as db:
+                db.execute("DELETE FROM meta WHERE key='probe' AND value=?", (token,))
+        return row is not None and row[0] == token
 
     def count(self) -> int:
         with self._lock, self._translate("count"):
@@ -591,10 +753,11 @@ class LocalStore:
         if mirror is not None and not self._dirty and version == self._data_version:
             return mirror
         try:
-            floor = self._tomb_floor(db)
-            if mirror is None or mirror.dim != schema.dim or mirror.last_tomb < floor:
+            if mirror is None or mirror.dim != schema.dim:
                 mirror = self._load_mirror(db, schema)
             else:
+                if mirror.last_tomb < self._tomb_floor(db):  # compacted past what we saw
+                    self._resync_deletions(db, mirror)
                 self._catch_up(db, mirror, schema.dim)
                 if mirror.matrix is not None and self._wants_ann(mirror.live):
                     mirror = self._load_mirror(db, schema)
@@ -613,9 +776,69 @@ class LocalStore:
         row = db.execute("SELECT value FROM meta WHERE key='tomb_floor'").fetchone()
         return int(row[0]) if row else 0
 
-    @staticmethod
-    def _max_tomb(db: sqlite3.Connection) -> int:
-        return int(db.execute("SELECT coalesce(max(seq), 0) FROM tombstones").fetchone()[0])
+    @classmethod
+    def _max_tomb(cls, db: sqlite3.Connection) -> int:
+        top = int(db.execute("SELECT coalesce(max(seq), 0) FROM tombstones").fetchone()[0])
+        return max(top, cls._tomb_floor(db))
+
+    def _resync_deletions(self, db: sqlite3.Connection, mirror: _Mirror) -> None:
+        """Drop from the mirror the rows that are gone, when their tombstones were compacted.
+
+        Reads only the rowids up to the mirror's last one (no vectors), so it costs far
+        less than loading the mirror again.
+        """
+        present = np.fromiter(
+            (
+                r
+                for (r,) in db.execute(
+                    "SELECT rowid FROM records WHERE rowid <= ? ORDER BY rowid",
+                    (mirror.last_rowid,),
+                )
+            ),
+            dtype=np.int64,
+        )
+        known = mirror.rowids[: mirror.size][mirror.alive[: mirror.size]]
+        mirror.remove(np.setdiff1d(known, present, assume_unique=True))
+        mirror.last_tomb = self._max_tomb(db)
+
+    def _maybe_compact_tombstones(self, db: sqlite3.Connection) -> None:
+        """Compact the tombstones once they outnumber both the live records and a floor."""
+        pending = self._max_tomb(db) - self._tomb_floor(db)
+        if pending < _TOMB_COMPACT_MIN:
+            return
+        live = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
+        if pending > live:
+            self._compact_tombstones(db, live)
+
+    def _compact_tombstones(self, db: sqlite3.Connection, live: int | None = None) -> int:
+        """Delete the tombstones every reader can do without; return how many.
+
+        Inside a write transaction. Readers that had not seen them all resync their
+        deletions from the rowids (``meta.tomb_floor`` tells them). Tombstones newer than
+        the derived ANN file are kept, so that it still catches up incrementally, unless
+        they outnumber the ``live`` records (catching up would cost about a rebuild).
+        """
+        floor = self._tomb_floor(db)
+        upto = self._max_tomb(db)
+        if self.ann_path.exists():
+            from ._ann import AnnFileError, IvfIndex
+
+            with contextlib.suppress(AnnFileError, KeyError, TypeError, ValueError):
+                header = IvfIndex.read_header(self.ann_path)
+                covered = int(header["last_tomb"])
+                if (
+                    header.get("store") == self._uuid
+                    and covered >= floor
+                    and (live is None or upto - covered <= live)
+                ):
+                    upto = min(upto, covered)
+        if upto <= floor:
+            return 0
+        removed = int(db.execute("DELETE FROM tombstones WHERE seq <= ?", (upto,)).rowcount)
+        db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('tomb_floor', ?)", (str(upto),)
+        )
+        return removed
 
     def _load_mirror(self, db: sqlite3.Connection, schema: Schema) -> _Mirror:
         n = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
@@ -671,33 +894,47 @@ class LocalStore:
             mirror.remove(np.array([r for _, r in dead], dtype=np.int64))
             mirror.last_tomb = int(dead[-1][0])
         names = list(mirror.columns)
+        # The 4th column is the metadata only when SQLite does not read it as a JSON object.
         cursor = db.execute(
-            f"SELECT rowid, id, vector{self._column_sql(names)} FROM records WHERE rowid > ? ORDER BY rowid",
+            "SELECT rowid, id, vector, CASE WHEN json_valid(metadata) AND "
+            "json_type(metadata) = 'object' THEN NULL ELSE metadata END"
+            f"{self._column_sql(names)} FROM records WHERE rowid > ? ORDER BY rowid",
             (mirror.last_rowid,),
         )
         while chunk := cursor.fetchmany(_FETCH_CHUNK):
-            rowids = np.array([r[0] for r in chunk], dtype=np.int64)
-            vectors = self._decode_block(chunk, dim)
-            if mirror.ann is not None:
-                mirror.ann.add(rowids, vectors)
-                mirror.unsaved += len(rowids)
-            mirror.append(rowids, vectors, self._keys(chunk, names, 3))
+            last = int(chunk[-1][0])
+            sound = []
+            for row in chunk:
+                problem = self._damage(len(row[2]), row[3], dim)
+                if problem is None:
+                    sound.append(row)
+                else:
+                    self._warn_damaged(row[1], problem)
+            chunk = sound
+            if chunk:
+                rowids = np.array([r[0] for r in chunk], dtype=np.int64)
+                vectors = self._decode_block(chunk, dim)
+                if mirror.ann is not None:
+                    mirror.ann.add(rowids, vectors)
+                    mirror.unsaved += len(rowids)
+                mirror.append(rowids, vectors, self._keys(chunk, names, 4))
+            mirror.last_rowid = max(mirror.last_rowid, last)
 
     def _decode_block(self, rows: Sequence[Sequence[Any]], dim: int) -> NDArray[np.float32]:
-        """Rows of (rowid, id, vector, ...) -> an (n, dim) float32 matrix."""
-        expected = dim * 4
-        for row in rows:
-            if len(row[2]) != expected:
-                self._decode_vector(row[1], row[2], dim)  # raises, naming the record
+        """Rows of (rowid, id, vector, ...) with sound vectors -> an (n, dim) float32 matrix."""
+        if not rows:
+            return np.zeros((0, dim), dtype=np.float32)
         return np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), dim)
 
-    def _decode_vector(self, rid: str, blob: bytes, dim: int) -> NDArray[np.float32]:
-        if len(blob) != dim * 4:
-            raise StoreCorruptError(
-                f"{self.path}: record {rid!r} has a vector of {len(blob)} bytes, expected {dim * 4}",
-                backend="LocalStore",
-            )
-        return np.frombuffer(blob, dtype=np.float32)
+    def _sound_vectors(self, rows: Sequence[Sequence[Any]], dim: int) -> list[Sequence[Any]]:
+        """Rows of (rowid, id, vector, ...) whose vector has the right size (others warned)."""
+        sound = []
+        for row in rows:
+            if len(row[2]) == dim * 4:
+                sound.append(row)
+            else:
+                self._warn_damaged(row[1], f"vector of {len(row[2])} bytes, expected {dim * 4}")
+        return sound
 
     def _column(self, db: sqlite3.Connection, mirror: _Mirror, name: str) -> _Column:
         col = mirror.columns.get(name)
@@ -709,8 +946,11 @@ class LocalStore:
                 (mirror.last_rowid,),
             )
             while chunk := cursor.fetchmany(_FETCH_CHUNK):
-                pos = np.searchsorted(known, np.array([r[0] for r in chunk], dtype=np.int64))
-                col.codes[pos] = [col.code(k) for k in self._keys(chunk, [name], 1)[name]]
+                rowids = np.array([r[0] for r in chunk], dtype=np.int64)
+                pos = np.minimum(np.searchsorted(known, rowids), max(len(known) - 1, 0))
+                present = known[pos] == rowids if len(known) else np.zeros(len(rowids), bool)
+                codes = [col.code(k) for k in self._keys(chunk, [name], 1)[name]]
+                col.codes[pos[present]] = np.array(codes, dtype=np.int32)[present]
             mirror.columns[name] = col
         return col
 
@@ -774,7 +1014,9 @@ class LocalStore:
             [
                 r
                 for (r,) in db.execute(
-                    "SELECT rowid FROM records WHERE rowid <= ? ORDER BY rowid", (last_rowid,)
+                    "SELECT rowid FROM records WHERE rowid <= ? AND length(vector) = ? "
+                    "ORDER BY rowid",
+                    (last_rowid, mirror.dim * 4),
                 )
             ],
             dtype=np.int64,
@@ -808,6 +1050,7 @@ class LocalStore:
                 f"SELECT rowid, id, vector FROM records WHERE rowid IN ({','.join('?' * len(chunk))}) ORDER BY rowid",
                 chunk,
             ).fetchall()
+            rows = self._sound_vectors(rows, mirror.dim)
             sample[filled : filled + len(rows)] = self._decode_block(rows, mirror.dim)
             filled += len(rows)
         mirror.ann = IvfIndex.train(mirror.dim, sample[:filled], len(rowids), self.ann_nprobe)
@@ -913,6 +1156,7 @@ class LocalStore:
                 f"SELECT rowid, id, vector FROM records WHERE rowid IN ({','.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
+            rows = self._sound_vectors(rows, mirror.dim)
             for row, vec in zip(rows, self._decode_block(rows, mirror.dim)):
                 vectors[int(row[0])] = vec
         out = []
@@ -943,15 +1187,21 @@ class LocalStore:
             hits = []
             for r, s in zip(rowids.tolist(), scores.tolist()):
                 got = info.get(r)
-                if got is not None:
-                    hits.append(
-                        Hit.from_metadata(got[0], float(np.clip(s, -1.0, 1.0)), json.loads(got[1]))
-                    )
+                if got is None:
+                    continue
+                try:
+                    parsed: Any = json.loads(got[1])
+                    if not isinstance(parsed, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:  # damaged since this process loaded it
+                    self._warn_damaged(got[0], f"unreadable metadata ({exc})")
+                    continue
+                hits.append(Hit.from_metadata(got[0], float(np.clip(s, -1.0, 1.0)), parsed))
             results.append(hits)
         return results
 
     # -- maintenance -------------------------------------------------------------------
-    def check(self, *, rebuild: bool = False) -> list[str]:
+    def check(self, *, rebuild: bool = False, fix: bool = False) -> list[str]:
         """Verify the file's integrity and repair derived indexes; return the problems found.
 
         Runs SQLite's integrity check, checks every record's vector size and metadata,
@@ -959,7 +1209,17 @@ class LocalStore:
         verifies the derived ``<path>.ann`` file, rebuilding it when it is missing, stale
         or damaged (always with ``rebuild=True``). A repaired derived file is not a
         problem of the store, so it is not listed. Returns an empty list when healthy.
+
+        With ``fix=True`` damaged records (each listed, ending in ``"; dropped"``) are
+        deleted, so re-indexing their files adds them again, and the deletion log
+        (tombstones) is compacted. Nothing is written without ``fix`` or ``rebuild``.
         """
+        if (fix or rebuild) and self.read_only:
+            raise StoreConnectionError(
+                f"{self.path}: cannot {'fix' if fix else 'rebuild'}: the store is open "
+                "read-only (the file or its folder cannot be written)",
+                backend="LocalStore",
+            )
         problems: list[str] = []
         with self._lock, self._translate("check"):
             db = self._db
@@ -969,17 +1229,23 @@ class LocalStore:
             schema = self.describe()
             if schema is None:
                 return problems
-            expected = schema.dim * 4
+            damaged: list[str] = []
             for rid, size, meta in db.execute("SELECT id, length(vector), metadata FROM records"):
-                if size != expected:
-                    problems.append(f"record {rid!r}: vector of {size} bytes, expected {expected}")
-                try:
-                    parsed: Any = json.loads(meta)
-                    if not isinstance(parsed, dict):
-                        raise ValueError("not an object")
-                except ValueError as exc:
-                    problems.append(f"record {rid!r}: unreadable metadata ({exc})")
-            if problems:
+                problem = self._damage(size, meta, schema.dim)
+                if problem is not None:
+                    damaged.append(rid)
+                    problems.append(f"record {rid!r}: {problem}" + ("; dropped" if fix else ""))
+            if fix:
+                with self._transaction("check --fix") as wdb:
+                    for start in range(0, len(damaged), _IN_CHUNK):
+                        chunk = damaged[start : start + _IN_CHUNK]
+                        wdb.execute(
+                            f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})",
+                            chunk,
+                        )
+                    self._compact_tombstones(wdb)
+                self._dirty = True
+            if [p for p in problems if not p.endswith("; dropped")]:
                 return problems
             if rebuild:
                 with contextlib.suppress(FileNotFoundError):
@@ -990,4 +1256,8 @@ class LocalStore:
                 mirror = self._refresh(snap, schema, version)
             if mirror.ann is not None and mirror.unsaved:
                 self._save_ann(mirror)
+            if fix:
+                # tombstones the ANN file still needed are now covered by its new save
+                with self._transaction("check --fix") as wdb:
+                    self._compact_tombstones(wdb)
         return problems

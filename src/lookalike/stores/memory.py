@@ -12,6 +12,7 @@ from ..filters import normalize_filter
 from ..types import Filter, Hit, Record, Schema
 from ._common import (
     ExactIndex,
+    check_batch_size,
     check_same_schema,
     check_search_args,
     require_schema,
@@ -78,6 +79,7 @@ class InMemoryStore:
             return self._index.delete(list(ids))
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[Record]]:
+        check_batch_size(batch_size)
         with self._lock:
             require_schema(self._schema, "this InMemoryStore")
             assert self._index is not None
