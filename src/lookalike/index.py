@@ -169,6 +169,8 @@ class ImageSearchIndex:
             model, and a script that sets it needs the usual ``if __name__ ==
             "__main__":`` guard (the processes import the main module). The CLI turns
             it on by itself when the model runs on CUDA.
+        fields: the metadata fields filters may use, for a store that this index
+            creates (default ``("path", "label")``); see :meth:`create_schema`.
 
     >>> from lookalike import ImageSearchIndex
     >>> from lookalike.embedders import FakeEmbedder
@@ -185,6 +187,7 @@ class ImageSearchIndex:
         batch_size: int | None = None,
         workers: int | None = None,
         processes: bool = False,
+        fields: Iterable[str] | None = None,
     ) -> None:
         if batch_size is None:
             batch_size = PROCESSES_BATCH_SIZE if processes else DEFAULT_BATCH_SIZE
@@ -201,6 +204,7 @@ class ImageSearchIndex:
         self.processes = processes
         self._decoder: DecodeProcesses | None = None
         self._schema: Schema | None = None
+        self._fields = None if fields is None else tuple(fields)
 
     # -- components --------------------------------------------------------------------
     @property
@@ -254,13 +258,22 @@ class ImageSearchIndex:
     def create_schema(self, fields: Iterable[str] | None = None) -> Schema:
         """Create the store's schema for this embedder (idempotent) and return it.
 
+        The schema records the embedder's identity and dimension, binding the store to
+        that model. You rarely need to call this: :meth:`add_many` records the schema
+        itself just before it writes the first vectors, so a run whose model never
+        loaded (no internet) or that found no images leaves the store unbound. Called
+        on a store without a schema, this loads the model first (the embedder's
+        ``load()``, where it has one) and records nothing if that fails.
+
         Args:
             fields: metadata fields that filters may use (``path`` is always one).
-                Default: the existing schema's fields, else ``("path", "label")``.
+                Default: the existing schema's fields, else the index's ``fields``, else
+                ``("path", "label")``.
 
         Raises:
             SchemaMismatchError: the store was created by another embedder, dimension or
                 field set; the message names both.
+            ModelLoadError: the model could not be loaded; the store is left as it was.
         """
         existing = self.store.describe()
         if existing is not None:
@@ -274,11 +287,12 @@ class ImageSearchIndex:
                     )
             self._schema = existing
             return existing
-        schema = Schema(
-            dim=self.embedder.dim,
-            identity=self.embedder.identity,
-            fields=tuple(fields) if fields is not None else DEFAULT_FIELDS,
-        )
+        load = getattr(self.embedder, "load", None)
+        if callable(load):  # never bind a store to a model that cannot load
+            load()
+        if fields is None:
+            fields = self._fields if self._fields is not None else DEFAULT_FIELDS
+        schema = Schema(dim=self.embedder.dim, identity=self.embedder.identity, fields=tuple(fields))
         self.store.create_schema(schema)
         self._schema = self.store.describe() or schema
         return self._schema
@@ -357,7 +371,7 @@ class ImageSearchIndex:
         size = self.batch_size if batch_size is None else batch_size
         if not isinstance(size, int) or size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {size!r}")
-        self._writable_schema()
+        self._existing_schema()  # a store of another embedder fails before any work
         total = _length(images)
         _check_lengths(total, ids, metadata)  # before anything is stored, when we can
         report = AddReport()
@@ -383,6 +397,8 @@ class ImageSearchIndex:
                 self._finish_write(writing, report, bar)
                 writing = None
             if records:
+                if self._schema is None:  # the first vectors: the model has loaded, bind the store to it
+                    self._writable_schema()
                 writing = (writer.submit(self.store.upsert, _last_wins(records)), outcome, done.n_items)
             else:
                 self._record_outcome(outcome, report)
@@ -647,7 +663,9 @@ class ImageSearchIndex:
                         break
                     list(pool.map(prepare, chunk.items))
                     ids = [p.id for p in chunk.items if p.error is None and p.id is not None]
-                    existing = {r.id: r for r in store.get(ids)} if ids else {}
+                    # a store without a schema (bound at the first write) holds no records yet
+                    bound = self._schema is not None or store.describe() is not None
+                    existing = {r.id: r for r in store.get(ids)} if ids and bound else {}
                     for p in chunk.items:
                         p.existing = existing.get(p.id or "")
                         if p.existing is not None and p.error is None and _same_content(p, p.existing):

@@ -31,12 +31,13 @@ CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
 _PIL_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
-def import_torch(feature: str) -> Any:
-    """Import torch, or raise :class:`MissingDependencyError` naming the extra."""
+def import_torch(feature: str, extras: Sequence[str] = ("torch",)) -> Any:
+    """Import torch, or raise :class:`MissingDependencyError` naming ``extras``: every
+    extra the feature needs (e.g. ``("offline",)``, which brings torch too)."""
     try:
         import torch
     except ImportError as exc:
-        raise MissingDependencyError("torch", "torch", feature) from exc
+        raise MissingDependencyError("torch", extras[0], feature, also=extras[1:]) from exc
     return torch
 
 
@@ -258,6 +259,8 @@ class TorchEmbedder:
     """
 
     cuda_graphs: bool = True  #: replay the forward pass as a CUDA graph on GPUs
+    #: the ``lookalike[...]`` extras this embedder's model needs (install hints name them all)
+    extras: tuple[str, ...] = ("torch",)
 
     def __init__(
         self,
@@ -303,6 +306,7 @@ class TorchEmbedder:
         self._module = None
         self._preprocess = None
         self._ready = False
+        self._load_error: BaseException | None = None
         self._load_lock = threading.Lock()
         self._graphs: dict[Any, tuple[Any, Any, Any] | None] = {}
         self._graph_lock = threading.Lock()
@@ -334,26 +338,45 @@ class TorchEmbedder:
         assert self._preprocess is not None
         return self._preprocess
 
+    def load(self) -> None:
+        """Load the model now (it is otherwise loaded on first use); thread-safe.
+
+        The model loads once per embedder: the first caller loads it while any others
+        wait. A load that failed is not retried: every later call raises the same
+        :class:`~lookalike.errors.ModelLoadError` (or other error) at once, so a batch of
+        images makes one download attempt, not one per image. Build a new embedder to retry.
+        """
+        self._ensure_ready()
+
     def _ensure_ready(self) -> None:
         if self._ready:
             return
         with self._load_lock:
             if self._ready:
                 return
-            torch = import_torch(type(self).__name__)
-            module, preprocess = self._load()
-            self.device = self._resolve_device(torch)
-            self.precision = self._resolve_precision()
-            if self.device.type == "cpu":
-                self.streams = self._streams_arg or (2 if torch.get_num_threads() >= 2 else 1)
-            if self._batch_size_arg is None:
-                self.batch_size = (CUDA_BATCH_SIZE if self.device.type == "cuda"
-                                   else STREAM_BATCH_SIZE if self.streams > 1 else CPU_BATCH_SIZE)
-            module = module.eval().to(self.device)
-            if self.device.type == "cpu" or self.device.type == "cuda":
-                module = module.to(memory_format=torch.channels_last)
-            self._module, self._preprocess = module, preprocess
-            self._ready = True
+            if self._load_error is not None:
+                raise self._load_error
+            try:
+                self._load_now()
+            except Exception as exc:
+                self._load_error = exc
+                raise
+
+    def _load_now(self) -> None:
+        torch = import_torch(type(self).__name__, self.extras)
+        module, preprocess = self._load()
+        self.device = self._resolve_device(torch)
+        self.precision = self._resolve_precision()
+        if self.device.type == "cpu":
+            self.streams = self._streams_arg or (2 if torch.get_num_threads() >= 2 else 1)
+        if self._batch_size_arg is None:
+            self.batch_size = (CUDA_BATCH_SIZE if self.device.type == "cuda"
+                               else STREAM_BATCH_SIZE if self.streams > 1 else CPU_BATCH_SIZE)
+        module = module.eval().to(self.device)
+        if self.device.type == "cpu" or self.device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        self._module, self._preprocess = module, preprocess
+        self._ready = True
 
     def _resolve_device(self, torch: Any) -> Any:
         name = self._device_name
