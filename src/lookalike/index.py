@@ -38,6 +38,7 @@ from .images import (
 )
 from .protocols import Embedder, VectorStore
 from .sources import Item
+from .stores._common import as_float32
 from .types import (
     HASH_FIELD,
     PATH_FIELD,
@@ -804,7 +805,7 @@ class ImageSearchIndex:
         images: list[Image.Image] = []
         for i, q in enumerate(queries):
             if isinstance(q, np.ndarray):
-                vec = np.asarray(q, dtype=np.float32).reshape(-1)
+                vec = as_float32(q, "query vector").reshape(-1)
                 if vec.shape[0] != dim:
                     raise ConfigurationError(f"query vector has {vec.shape[0]} values, the index expects {dim}")
                 norm = float(np.linalg.norm(vec))
@@ -925,7 +926,7 @@ def _last_wins(records: list[Record]) -> list[Record]:
 
 
 def _check_vectors(vectors: Any, n: int, embedder: Embedder) -> NDArray[np.float32]:
-    arr = np.asarray(vectors, dtype=np.float32)
+    arr = as_float32(vectors, f"the vectors {embedder!r} returned")
     if arr.shape != (n, embedder.dim):
         raise ConfigurationError(
             f"{embedder!r} returned shape {arr.shape} for {n} images; expected ({n}, {embedder.dim})"
