@@ -372,9 +372,7 @@ class ImageSearchIndex:
         size = self.batch_size if batch_size is None else batch_size
         if not isinstance(size, int) or size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {size!r}")
-        # a store of another embedder fails before any work; a store bound to no model yet
-        # holds no records, so nothing is looked up (it is bound at the first write)
-        bound = self._existing_schema() is not None
+        self._existing_schema()  # a store of another embedder fails before any work
         total = _length(images)
         _check_lengths(total, ids, metadata)  # before anything is stored, when we can
         report = AddReport()
@@ -408,7 +406,7 @@ class ImageSearchIndex:
                 bar.update(done.n_items)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-store") as writer, \
-                contextlib.closing(self._prepared_chunks(pending, size, self._decode_processes(), bound)) as chunks:
+                contextlib.closing(self._prepared_chunks(pending, size, self._decode_processes())) as chunks:
             try:
                 for chunk in chunks:
                     try:
@@ -626,15 +624,14 @@ class ImageSearchIndex:
                 arena.give_back(slots)
 
     def _prepared_chunks(
-        self, pending: Iterator[_Pending], size: int, processes: DecodeProcesses | None, lookup: bool = True
+        self, pending: Iterator[_Pending], size: int, processes: DecodeProcesses | None
     ) -> Generator[_Chunk, None, None]:
         """Read, look up and decode chunks in background threads, ahead of the model.
 
         Two chunks decode at once, so the worker threads never wait at a chunk's end for
         its slowest image (that barrier idled most of 16 workers on a GPU machine). With
         ``processes``, files are read, hashed, decoded and prepared there instead; the
-        threads only work out ids (and decode in-memory PIL images). Without ``lookup``
-        (a store that held nothing when the call began) stored records are not looked up.
+        threads only work out ids (and decode in-memory PIL images).
         """
         store = self.store
         done: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=2)
@@ -667,7 +664,11 @@ class ImageSearchIndex:
                         break
                     list(pool.map(prepare, chunk.items))
                     ids = [p.id for p in chunk.items if p.error is None and p.id is not None]
-                    existing = {r.id: r for r in store.get(ids)} if ids and lookup else {}
+                    # A store bound to no model holds no records: add_many binds it just before
+                    # its first write, so until then there is nothing (not even an earlier
+                    # mention of a file in this call) to look up.
+                    bound = self._schema is not None
+                    existing = {r.id: r for r in store.get(ids)} if ids and bound else {}
                     for p in chunk.items:
                         p.existing = existing.get(p.id or "")
                         if p.existing is not None and p.error is None and _same_content(p, p.existing):
