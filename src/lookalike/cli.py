@@ -105,7 +105,8 @@ def open_index(args: argparse.Namespace, *, for_writing: bool = False) -> ImageS
     except BaseException:
         store.close()
         raise
-    return ImageSearchIndex(embedder=embedder, store=store, processes=_decode_in_processes(args, embedder))
+    return ImageSearchIndex(embedder=embedder, store=store, processes=_decode_in_processes(args, embedder),
+                            fields=getattr(args, "field", None) or None)
 
 
 def _decode_in_processes(args: argparse.Namespace, embedder: Embedder) -> bool:
@@ -225,7 +226,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     metadata = dict(_parse_pairs(args.meta, "--meta")) if args.meta else None
     _images_in(inputs)
     with open_index(args, for_writing=True) as index:
-        index.create_schema(fields=args.field or None)
+        if index.store.describe() is not None:  # check it now; a new store is bound at the first write
+            index.create_schema(fields=args.field or None)
         images = _Chain(inputs)
         report = index.add_many(
             images, metadata=metadata, batch_size=args.batch_size, progress=not args.quiet and not args.json,
@@ -499,6 +501,13 @@ def _show_warning(
 _python_showwarning = warnings.showwarning
 
 
+def cli_message(exc: ImageSearchError) -> str:
+    """The error's message as the command line says it: advice that names Python
+    arguments (``weights='/path'``) in the CLI's own spelling (``--embedder resnet50:FILE``)."""
+    message = getattr(exc, "cli_message", None)
+    return message if isinstance(message, str) and message else str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -508,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("default", DamagedRecordWarning)  # shown, once per record
             return int(args.func(args))
     except ImageSearchError as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
+        print(f"lookalike: error: {cli_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lookalike: interrupted", file=sys.stderr)

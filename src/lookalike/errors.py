@@ -24,6 +24,8 @@ contain credentials.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigurationError",
     "DamagedRecordWarning",
@@ -59,19 +61,35 @@ class ConfigurationError(ImageSearchError, ValueError):
 
 
 class MissingDependencyError(ImageSearchError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
+    """An optional dependency is not installed; the message names the extra to install.
 
-    def __init__(self, package: str, extra: str, feature: str) -> None:
+    ``extras`` lists every extra the feature needs (``extra`` first), so that one
+    ``pip install 'lookalike[onnx,offline]'`` installs all of them at once.
+    """
+
+    def __init__(self, package: str, extra: str, feature: str, also: Sequence[str] = ()) -> None:
         self.package = package
         self.extra = extra
         self.feature = feature
+        self.extras = _needed_extras([extra, *also])
         super().__init__(
             f"{feature} needs the '{package}' package, which is not installed. "
-            f"Install it with: pip install 'lookalike[{extra}]'"
+            f"Install it with: pip install 'lookalike[{','.join(self.extras)}]'"
         )
 
-    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
-        return (type(self), (self.package, self.extra, self.feature))
+    def __reduce__(self) -> tuple[type, tuple[str, str, str, tuple[str, ...]]]:
+        return (type(self), (self.package, self.extra, self.feature, self.extras))
+
+
+#: Extras that install everything another extra does (``[onnx]`` and ``[offline]`` bring torch).
+_EXTRA_INCLUDES = {"onnx": frozenset({"torch"}), "offline": frozenset({"torch"}), "all": frozenset(
+    {"torch", "offline", "onnx", "tencent", "ui", "ann"})}
+
+
+def _needed_extras(extras: Sequence[str]) -> tuple[str, ...]:
+    """``extras`` in order, without repeats or extras another one already installs."""
+    unique = list(dict.fromkeys(e for e in extras if e))
+    return tuple(e for e in unique if not any(e in _EXTRA_INCLUDES.get(o, ()) for o in unique if o != e))
 
 
 class ImageLoadError(ImageSearchError):
@@ -92,7 +110,24 @@ class ImageLoadError(ImageSearchError):
 
 
 class ModelLoadError(ImageSearchError):
-    """Model weights could not be downloaded, found or loaded."""
+    """Model weights could not be downloaded, found or loaded.
+
+    Attributes:
+        cli_message: the same message with its advice spelled for the ``lookalike``
+            command (``--embedder resnet50:FILE``) instead of in Python
+            (``weights='/path'``); the command line prints this one.
+    """
+
+    def __init__(self, message: str, *, cli_message: str | None = None) -> None:
+        self.cli_message = cli_message or message
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_model_load_error, (type(self), str(self), self.cli_message))
+
+
+def _rebuild_model_load_error(cls: type[ModelLoadError], message: str, cli_message: str) -> ModelLoadError:
+    return cls(message, cli_message=cli_message)
 
 
 class SchemaMismatchError(ImageSearchError):

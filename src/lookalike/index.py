@@ -43,6 +43,7 @@ from .images import (
 )
 from .protocols import Embedder, VectorStore
 from .sources import Item, Source
+from .stores._common import as_float32
 from .types import (
     HASH_FIELD,
     PATH_FIELD,
@@ -203,6 +204,8 @@ class ImageSearchIndex:
             model, and a script that sets it needs the usual ``if __name__ ==
             "__main__":`` guard (the processes import the main module). The CLI turns
             it on by itself when the model runs on CUDA.
+        fields: the metadata fields filters may use, for a store that this index
+            creates (default ``("path", "label")``); see :meth:`create_schema`.
 
     >>> from lookalike import ImageSearchIndex
     >>> from lookalike.embedders import FakeEmbedder
@@ -219,6 +222,7 @@ class ImageSearchIndex:
         batch_size: int | None = None,
         workers: int | None = None,
         processes: bool = False,
+        fields: Iterable[str] | None = None,
     ) -> None:
         if batch_size is None:
             batch_size = PROCESSES_BATCH_SIZE if processes else DEFAULT_BATCH_SIZE
@@ -235,6 +239,7 @@ class ImageSearchIndex:
         self.processes = processes
         self._decoder: DecodeProcesses | None = None
         self._schema: Schema | None = None
+        self._fields = None if fields is None else tuple(fields)
 
     # -- components --------------------------------------------------------------------
     @property
@@ -288,13 +293,22 @@ class ImageSearchIndex:
     def create_schema(self, fields: Iterable[str] | None = None) -> Schema:
         """Create the store's schema for this embedder (idempotent) and return it.
 
+        The schema records the embedder's identity and dimension, binding the store to
+        that model. You rarely need to call this: :meth:`add_many` records the schema
+        itself just before it writes the first vectors, so a run whose model never
+        loaded (no internet) or that found no images leaves the store unbound. Called
+        on a store without a schema, this loads the model first (the embedder's
+        ``load()``, where it has one) and records nothing if that fails.
+
         Args:
             fields: metadata fields that filters may use (``path`` is always one).
-                Default: the existing schema's fields, else ``("path", "label")``.
+                Default: the existing schema's fields, else the index's ``fields``, else
+                ``("path", "label")``.
 
         Raises:
             SchemaMismatchError: the store was created by another embedder, dimension or
                 field set; the message names both.
+            ModelLoadError: the model could not be loaded; the store is left as it was.
         """
         existing = self.store.describe()
         if existing is not None:
@@ -308,11 +322,12 @@ class ImageSearchIndex:
                     )
             self._schema = existing
             return existing
-        schema = Schema(
-            dim=self.embedder.dim,
-            identity=self.embedder.identity,
-            fields=tuple(fields) if fields is not None else DEFAULT_FIELDS,
-        )
+        load = getattr(self.embedder, "load", None)
+        if callable(load):  # never bind a store to a model that cannot load
+            load()
+        if fields is None:
+            fields = self._fields if self._fields is not None else DEFAULT_FIELDS
+        schema = Schema(dim=self.embedder.dim, identity=self.embedder.identity, fields=tuple(fields))
         self.store.create_schema(schema)
         self._schema = self.store.describe() or schema
         return self._schema
@@ -458,7 +473,7 @@ class ImageSearchIndex:
             metadata = list(metadata)
             for position, meta in enumerate(metadata):
                 _check_user_metadata(meta, f" in metadata[{position}]")
-        self._writable_schema()
+        self._existing_schema()  # a store of another embedder fails before any work
         total = _length(images)
         _check_lengths(total, ids, metadata)  # before anything is stored, when we can
         report = AddReport()
@@ -485,6 +500,8 @@ class ImageSearchIndex:
                 self._finish_write(writing, report, bar, written)
                 writing = None
             if records:
+                if self._schema is None:  # the first vectors: the model has loaded, bind the store to it
+                    self.create_schema()
                 writing = (writer.submit(self.store.upsert, _last_wins(records)), outcome, done.n_items,
                            done.number)
             else:
@@ -785,7 +802,11 @@ class ImageSearchIndex:
                     list(pool.map(prepare, chunk.items))
                     ids = [p.id for p in chunk.items if p.error is None and p.id is not None]
                     chunk.landed_before = written.landed  # read before the records are
-                    existing = {r.id: r for r in store.get(ids)} if ids else {}
+                    # A store bound to no model holds no records: add_many binds it just before
+                    # its first write, so until then there is nothing (not even an earlier
+                    # mention of a file in this call) to look up.
+                    bound = self._schema is not None
+                    existing = {r.id: r for r in store.get(ids)} if ids and bound else {}
                     for p in chunk.items:
                         p.existing = existing.get(p.id or "")
                         if p.existing is not None and p.error is None and _same_content(p, p.existing):
@@ -982,7 +1003,7 @@ class ImageSearchIndex:
             if isinstance(q, Record):
                 q = np.asarray(q.vector)
             if isinstance(q, np.ndarray):
-                vec = np.asarray(q, dtype=np.float32).reshape(-1)
+                vec = as_float32(q, "query vector").reshape(-1)
                 if vec.shape[0] != dim:
                     raise ConfigurationError(f"query vector has {vec.shape[0]} values, the index expects {dim}")
                 norm = float(np.linalg.norm(vec))
@@ -1201,7 +1222,7 @@ def _last_wins(records: list[Record]) -> list[Record]:
 
 
 def _check_vectors(vectors: Any, n: int, embedder: Embedder) -> NDArray[np.float32]:
-    arr = np.asarray(vectors, dtype=np.float32)
+    arr = as_float32(vectors, f"the vectors {embedder!r} returned")
     if arr.shape != (n, embedder.dim):
         raise ConfigurationError(
             f"{embedder!r} returned shape {arr.shape} for {n} images; expected ({n}, {embedder.dim})"

@@ -90,13 +90,15 @@ def test_sigkill_during_add_many_keeps_whole_batches(
             finished += 1
         with LocalStore(store_path) as store:
             assert store.check() == []
-            ids = {r.id for batch in store.scan(500) for r in batch}
+            # killed before the first batch landed: the store records no model yet (#14)
+            bound = store.describe() is not None
+            ids = {r.id for batch in store.scan(500) for r in batch} if bound else set()
             assert ids <= block_of.keys()
             per_block: dict[int, int] = {}
             for rid in ids:
                 per_block[block_of[rid]] = per_block.get(block_of[rid], 0) + 1
             assert set(per_block.values()) <= {BATCH}, "a batch was stored in part"
-            for rec in store.get(sorted(ids)[:50]):  # records are whole: vector and metadata
+            for rec in store.get(sorted(ids)[:50]) if bound else []:  # records are whole: vector and metadata
                 assert (
                     rec.vector.shape == (16,) and abs(float(np.linalg.norm(rec.vector)) - 1) < 1e-5
                 )

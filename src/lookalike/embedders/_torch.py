@@ -28,15 +28,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (measured: 8-16 beat 32 on AMX)
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
+#: Resized images whose long side exceeds this many times the output's side are resized
+#: only where the centre crop keeps them (bounded memory for very thin images).
+MAX_STRETCH = 32
 _PIL_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
-def import_torch(feature: str) -> Any:
-    """Import torch, or raise :class:`MissingDependencyError` naming the extra."""
+def import_torch(feature: str, extras: Sequence[str] = ("torch",)) -> Any:
+    """Import torch, or raise :class:`MissingDependencyError` naming ``extras``: every
+    extra the feature needs (e.g. ``("offline",)``, which brings torch too)."""
     try:
         import torch
     except ImportError as exc:
-        raise MissingDependencyError("torch", "torch", feature) from exc
+        raise MissingDependencyError("torch", extras[0], feature, also=extras[1:]) from exc
     return torch
 
 
@@ -109,10 +113,15 @@ class ImagePreprocess:
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = self.resize, int(self.resize * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        if (new_w, new_h) != (w, h):
-            resample = PILImage.Resampling[self.interpolation.upper()]
-            image = image.resize((new_w, new_h), resample)
         c = self.crop
+        resample = PILImage.Resampling[self.interpolation.upper()]
+        if new_long > MAX_STRETCH * max(self.resize, c):
+            # A very thin image (20000x1 would become 5,120,000x256: 4 GB): resize only the
+            # part of it that the centre crop keeps, so the work and memory stay bounded by
+            # the output's size. Normal images never come here and stay bit-identical.
+            image, new_w, new_h = self._resize_centre(image, new_w, new_h, resample)
+        elif (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), resample)
         if c > new_w or c > new_h:  # torchvision pads with black before cropping
             left, top = max(0, (c - new_w) // 2), max(0, (c - new_h) // 2)
             padded = PILImage.new("RGB", (max(c, new_w), max(c, new_h)))
@@ -123,6 +132,21 @@ class ImagePreprocess:
         if (new_w, new_h) != (c, c):
             image = image.crop((left, top, left + c, top + c))
         return np.array(image, dtype=np.uint8)
+
+    def _resize_centre(
+        self, image: Image.Image, new_w: int, new_h: int, resample: Any
+    ) -> tuple[Image.Image, int, int]:
+        """The centre ``crop`` pixels along the long side of ``image`` resized to
+        ``(new_w, new_h)``, computed from the matching box of the source alone."""
+        w, h = image.size
+        c = self.crop
+        if new_w > new_h:  # wide: keep columns [left, left + c) of the resized image
+            left = int(round((new_w - c) / 2.0))
+            box = (left * w / new_w, 0.0, (left + c) * w / new_w, float(h))
+            return image.resize((c, new_h), resample, box=box), c, new_h
+        top = int(round((new_h - c) / 2.0))
+        box = (0.0, top * h / new_h, float(w), (top + c) * h / new_h)
+        return image.resize((new_w, c), resample, box=box), new_w, c
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """``(n, H, W, 3)`` uint8 (any device) -> normalised float ``(n, 3, H, W)``, channels_last."""
@@ -258,6 +282,8 @@ class TorchEmbedder:
     """
 
     cuda_graphs: bool = True  #: replay the forward pass as a CUDA graph on GPUs
+    #: the ``lookalike[...]`` extras this embedder's model needs (install hints name them all)
+    extras: tuple[str, ...] = ("torch",)
 
     def __init__(
         self,
@@ -303,6 +329,7 @@ class TorchEmbedder:
         self._module = None
         self._preprocess = None
         self._ready = False
+        self._load_error: BaseException | None = None
         self._load_lock = threading.Lock()
         self._graphs: dict[Any, tuple[Any, Any, Any] | None] = {}
         self._graph_lock = threading.Lock()
@@ -334,26 +361,45 @@ class TorchEmbedder:
         assert self._preprocess is not None
         return self._preprocess
 
+    def load(self) -> None:
+        """Load the model now (it is otherwise loaded on first use); thread-safe.
+
+        The model loads once per embedder: the first caller loads it while any others
+        wait. A load that failed is not retried: every later call raises the same
+        :class:`~lookalike.errors.ModelLoadError` (or other error) at once, so a batch of
+        images makes one download attempt, not one per image. Build a new embedder to retry.
+        """
+        self._ensure_ready()
+
     def _ensure_ready(self) -> None:
         if self._ready:
             return
         with self._load_lock:
             if self._ready:
                 return
-            torch = import_torch(type(self).__name__)
-            module, preprocess = self._load()
-            self.device = self._resolve_device(torch)
-            self.precision = self._resolve_precision()
-            if self.device.type == "cpu":
-                self.streams = self._streams_arg or (2 if torch.get_num_threads() >= 2 else 1)
-            if self._batch_size_arg is None:
-                self.batch_size = (CUDA_BATCH_SIZE if self.device.type == "cuda"
-                                   else STREAM_BATCH_SIZE if self.streams > 1 else CPU_BATCH_SIZE)
-            module = module.eval().to(self.device)
-            if self.device.type == "cpu" or self.device.type == "cuda":
-                module = module.to(memory_format=torch.channels_last)
-            self._module, self._preprocess = module, preprocess
-            self._ready = True
+            if self._load_error is not None:
+                raise self._load_error
+            try:
+                self._load_now()
+            except Exception as exc:
+                self._load_error = exc
+                raise
+
+    def _load_now(self) -> None:
+        torch = import_torch(type(self).__name__, self.extras)
+        module, preprocess = self._load()
+        self.device = self._resolve_device(torch)
+        self.precision = self._resolve_precision()
+        if self.device.type == "cpu":
+            self.streams = self._streams_arg or (2 if torch.get_num_threads() >= 2 else 1)
+        if self._batch_size_arg is None:
+            self.batch_size = (CUDA_BATCH_SIZE if self.device.type == "cuda"
+                               else STREAM_BATCH_SIZE if self.streams > 1 else CPU_BATCH_SIZE)
+        module = module.eval().to(self.device)
+        if self.device.type == "cpu" or self.device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        self._module, self._preprocess = module, preprocess
+        self._ready = True
 
     def _resolve_device(self, torch: Any) -> Any:
         name = self._device_name

@@ -32,6 +32,8 @@ class EfficientNetLite0Embedder(TorchEmbedder):
     ratio@10 within 0.01 of fp32 on that benchmark (tests/embedders/test_precision.py).
     """
 
+    extras = ("offline",)
+
     def __init__(
         self, *, device: str = "auto", precision: str = "auto", batch_size: int | None = None,
         streams: int | None = None,

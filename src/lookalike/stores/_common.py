@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,8 +70,9 @@ def validate_records(records: Sequence[Record], schema: Schema) -> NDArray[np.fl
             raise ConfigurationError(f"duplicate id {r.id!r} in one upsert")
         seen.add(r.id)
         _check_metadata(r.id, r.metadata)
+    vectors = [as_float32(r.vector, f"vector of record {r.id!r}").reshape(-1) for r in records]
     try:
-        matrix = np.stack([np.asarray(r.vector, dtype=np.float32).reshape(-1) for r in records])
+        matrix = np.stack(vectors)
     except ValueError as exc:
         raise ConfigurationError(f"vectors in one upsert have different lengths: {exc}") from None
     if matrix.shape[1] != schema.dim:
@@ -92,10 +94,29 @@ def _check_metadata(record_id: str, metadata: Mapping[str, Any]) -> None:
             raise ConfigurationError(f"record {record_id!r}: metadata {key!r} {problem}")
 
 
+def as_float32(value: Any, what: str) -> NDArray[np.float32]:
+    """``value`` (array, list, numbers) as a float32 array; :class:`ConfigurationError`
+    naming ``what`` and the offending element when it holds anything but numbers (an
+    object array of strings or ``None``, ragged rows), never a bare ``ValueError``."""
+    try:
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except (ValueError, TypeError) as exc:  # e.g. ragged nested sequences
+        raise ConfigurationError(f"{what} must be a flat sequence of numbers: {exc}") from None
+    if array.dtype.hasobject:
+        for element in array.flat:
+            if not isinstance(element, (numbers.Real, np.integer, np.floating)):
+                raise ConfigurationError(
+                    f"{what} must hold only numbers, but holds {element!r} ({type(element).__name__})"
+                )
+    elif array.dtype.kind not in "biuf":
+        raise ConfigurationError(f"{what} must hold numbers, got an array of dtype {array.dtype}")
+    return np.asarray(array, dtype=np.float32)
+
+
 def check_search_args(vectors: NDArray[Any], k: int, schema: Schema) -> NDArray[np.float32]:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigurationError(f"k must be a positive integer, got {k!r}")
-    q = np.asarray(vectors, dtype=np.float32)
+    q = as_float32(vectors, "query vector")
     if q.ndim == 1:
         q = q[None, :]
     if q.ndim != 2 or q.shape[1] != schema.dim:
