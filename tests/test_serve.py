@@ -181,7 +181,8 @@ def test_api_info_says_size_and_model(api: Any) -> None:
     info = api.get("/api/info").json()
     assert info["count"] == N_IMAGES
     assert info["embedder"] == FakeEmbedder().identity
-    assert info["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 1_000_000, "max_k": 20}
+    assert info["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 1_000_000, "max_k": 20,
+                              "max_pixels_in_flight": 2_000_000, "max_aspect_ratio": 100}
 
 
 def test_api_search_finds_the_image_with_k_and_filter(api: Any, gallery: dict[str, Path]) -> None:

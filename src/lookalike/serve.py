@@ -21,13 +21,19 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import collections
+import contextlib
+import ctypes
+import io
+import json
 import os
 import secrets
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,18 +47,30 @@ from .errors import (
     NotFoundError,
     StoreError,
 )
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .images import DEFAULT_MAX_PIXELS, decode_image, load_image, read_image_bytes
 from .index import ImageSearchIndex
 from .types import HASH_FIELD, Hit
 
 if TYPE_CHECKING:
+    import numpy as np
     from fastapi import FastAPI
+    from numpy.typing import NDArray
     from PIL import Image
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["AUTH_ENV", "Limits", "SearchService", "add_command", "bind_warning", "build_app", "run"]
+__all__ = [
+    "AUTH_ENV",
+    "BodyLimitMiddleware",
+    "Limits",
+    "PixelBudget",
+    "SearchService",
+    "add_command",
+    "bind_warning",
+    "build_app",
+    "run",
+]
 
 #: Environment variable holding ``USER:PASSWORD`` for HTTP basic auth (safer than ``--auth``).
 AUTH_ENV = "LOOKALIKE_SERVE_AUTH"
@@ -63,6 +81,7 @@ _NOT_A_PATH = (
     "this server never reads paths, globs or URLs sent to it"
 )
 _FORM_OVERHEAD = 64 * 1024  # multipart headers and small fields on top of the image bytes
+_OUT_OF_MEMORY = "the server does not have the memory to search this image; send a smaller one"
 
 
 @dataclass(frozen=True)
@@ -73,17 +92,43 @@ class Limits:
         max_upload_bytes: largest upload, in bytes (the page and the API).
         max_pixels: largest image, in pixels (a decompression-bomb guard).
         max_k: most results one search may ask for.
+        max_pixels_in_flight: most decoded pixels held at once by all requests together
+            (0: twice ``max_pixels``); a request waits for its share, see ``max_wait_s``.
+        max_aspect_ratio: most times the long side of an uploaded image may be its short side.
+        max_wait_s: how long a request waits for its share of ``max_pixels_in_flight`` before
+            it is refused with 503.
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
     max_k: int = 100
+    max_pixels_in_flight: int = 0
+    max_aspect_ratio: int = 100
+    max_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_k"):
+        for name in ("max_upload_bytes", "max_pixels", "max_k", "max_aspect_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+        budget = self.max_pixels_in_flight
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+            raise ConfigurationError(f"max_pixels_in_flight must be a positive int (or 0: twice max_pixels), got {budget!r}")
+        if budget == 0:
+            object.__setattr__(self, "max_pixels_in_flight", 2 * self.max_pixels)
+        elif budget < self.max_pixels:
+            raise ConfigurationError(
+                f"max_pixels_in_flight ({budget}) must be at least max_pixels ({self.max_pixels}): "
+                "otherwise an image the server accepts could never be searched"
+            )
+        wait = self.max_wait_s
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait < float("inf"):
+            raise ConfigurationError(f"max_wait_s must be a number of seconds >= 0, got {wait!r}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body the server reads: an image as a form, or as a base64 data URL in JSON."""
+        return self.max_upload_bytes * 4 // 3 + _FORM_OVERHEAD
 
 
 class Rejected(ImageSearchError):
@@ -92,6 +137,113 @@ class Rejected(ImageSearchError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class PixelBudget:
+    """Decoded pixels in flight: at most ``capacity`` at once, shared by every request.
+
+    A counting semaphore by pixel with a first-come, first-served queue (a large image is not
+    starved by a stream of small ones). :meth:`reserve` waits for a share, or raises
+    :class:`Rejected` (503) after ``timeout`` seconds; a reservation larger than the whole budget
+    is refused at once (413), so nothing ever waits forever. When the last reservation of a busy
+    spell is released and it held ``trim_after`` pixels or more, freed memory is handed back to
+    the operating system (``malloc_trim`` on glibc).
+    """
+
+    def __init__(self, capacity: int, *, trim_after: int = 4_000_000) -> None:
+        if capacity < 1:
+            raise ConfigurationError(f"the pixel budget must be positive, got {capacity}")
+        self.capacity = capacity
+        self.trim_after = trim_after
+        self.in_flight = 0
+        self.peak = 0  # the most pixels ever held at once (never above capacity)
+        self._since_trim = 0
+        self._queue: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition()
+
+    @property
+    def waiting(self) -> int:
+        """How many reservations are queued for their share."""
+        with self._cond:
+            return len(self._queue)
+
+    def wait_until(self, predicate: Callable[[PixelBudget], bool], timeout: float) -> bool:
+        """Block until ``predicate(self)`` holds (checked at every change); False after ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self), timeout)
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int, timeout: float) -> Iterator[None]:
+        """Hold ``pixels`` of the budget for the ``with`` block."""
+        if pixels > self.capacity:
+            raise Rejected(
+                413, f"the image has {pixels:,} pixels, more than the server decodes at once ({self.capacity:,})"
+            )
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.notify_all()
+            admitted = self._cond.wait_for(
+                lambda: self._queue[0] is ticket and self.in_flight + pixels <= self.capacity, timeout
+            )
+            self._queue.remove(ticket)
+            if admitted:
+                self.in_flight += pixels
+                self.peak = max(self.peak, self.in_flight)
+                self._since_trim += pixels
+            self._cond.notify_all()
+        if not admitted:
+            raise Rejected(503, "the server is busy with other large images; try again in a moment")
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= pixels
+                trim = self.in_flight == 0 and self._since_trim >= self.trim_after
+                if trim:
+                    self._since_trim = 0
+                self._cond.notify_all()
+            if trim:
+                release_memory()
+
+
+def release_memory() -> bool:
+    """Hand freed heap memory back to the operating system (glibc ``malloc_trim``); False elsewhere."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    return bool(trim(0))
+
+
+_TRIM: list[Any] = []
+
+
+def _malloc_trim() -> Any:
+    if not _TRIM:
+        func = None
+        if sys.platform.startswith("linux"):
+            try:
+                func = ctypes.CDLL("libc.so.6").malloc_trim  # glibc only; musl has none
+                func.argtypes = [ctypes.c_size_t]
+                func.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                func = None
+        _TRIM.append(func)
+    return _TRIM[0]
+
+
+def probe_image(data: bytes) -> tuple[int, int] | None:
+    """An encoded image's width and height from its header (nothing is decoded); None if unreadable."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Exception:  # whatever Pillow makes of a hostile header (or a bomb): load_image names it
+        return None
+    return int(width), int(height)
 
 
 # -- the search service: everything the page and the API do, without any web framework ----------
@@ -107,6 +259,7 @@ class SearchService:
         self.limits = limits or Limits()
         self.label_field = label_field
         self._lock = threading.RLock()
+        self.budget = PixelBudget(self.limits.max_pixels_in_flight)
         self._labels: list[str] | None = None
 
     # -- facts about the index ----------------------------------------------------------------
@@ -127,6 +280,8 @@ class SearchService:
                 "max_upload_bytes": self.limits.max_upload_bytes,
                 "max_pixels": self.limits.max_pixels,
                 "max_k": self.limits.max_k,
+                "max_pixels_in_flight": self.limits.max_pixels_in_flight,
+                "max_aspect_ratio": self.limits.max_aspect_ratio,
             },
         }
 
@@ -175,19 +330,85 @@ class SearchService:
             flt.setdefault(key, []).extend(str(v) for v in values if str(v) != "")
         return {k: (v[0] if len(v) == 1 else v) for k, v in flt.items() if v} or None
 
-    def decode_upload(self, data: bytes) -> Image.Image:
-        """The uploaded bytes as an RGB image, or :class:`Rejected` with a readable reason."""
+    def check_upload(self, data: bytes) -> tuple[int, int]:
+        """Bytes, pixels and shape of an upload, read from its header before anything is decoded.
+
+        Returns its (width, height), or raises :class:`Rejected` with a readable reason.
+        """
         if len(data) > self.limits.max_upload_bytes:
             raise Rejected(413, f"the image is {_size(len(data))}; the limit is {_size(self.limits.max_upload_bytes)}")
-        try:
-            return load_image(data, max_pixels=self.limits.max_pixels)
-        except ImageLoadError as exc:
-            raise Rejected(400, f"could not read the uploaded image: {exc.reason}") from None
+        size = probe_image(data)
+        if size is None:  # Pillow refuses the header: load_image fails there too and names the reason
+            try:
+                load_image(data, max_pixels=self.limits.max_pixels)
+            except ImageLoadError as exc:
+                raise Rejected(400, f"could not read the uploaded image: {exc.reason}") from None
+            raise Rejected(400, "could not read the uploaded image: not an image")
+        width, height = size
+        if width * height > self.limits.max_pixels:
+            raise Rejected(
+                400, f"could not read the uploaded image: {width}x{height} pixels exceeds the limit of "
+                f"{self.limits.max_pixels} (decompression bomb guard)"
+            )
+        if width < 1 or height < 1:
+            raise Rejected(400, "could not read the uploaded image: image has no pixels")
+        ratio = self.limits.max_aspect_ratio
+        if max(width, height) > ratio * min(width, height):
+            raise Rejected(
+                400, f"the image is {width}x{height} pixels: its long side is more than {ratio} times its "
+                "short side; crop it to a less elongated picture"
+            )
+        return width, height
+
+    @contextlib.contextmanager
+    def decoded_upload(self, data: bytes) -> Iterator[Image.Image]:
+        """The uploaded bytes as an RGB image, decoded within the pixel budget and freed after the block.
+
+        Raises:
+            Rejected: unreadable, too large, too elongated (400/413), or the server stayed busy (503).
+        """
+        width, height = self.check_upload(data)
+        with self.budget.reserve(width * height, self.limits.max_wait_s):
+            failure = ""
+            try:
+                image = load_image(data, max_pixels=self.limits.max_pixels, min_size=self._image_size())
+            except ImageLoadError as exc:
+                failure = exc.reason
+            except MemoryError:  # handled below, once the traceback (and what it holds) is gone
+                failure = "out of memory"
+            if failure == "out of memory":
+                raise Rejected(413, _OUT_OF_MEMORY)
+            if failure:
+                raise Rejected(400, f"could not read the uploaded image: {failure}")
+            try:
+                yield image
+            finally:
+                image.close()  # give the decoded pixels back now, not when the last reference goes
+
+    def embed_upload(self, data: bytes) -> NDArray[np.float32]:
+        """The query vector of uploaded image bytes (see :meth:`decoded_upload`)."""
+        failure = ""
+        with self.decoded_upload(data) as image:
+            try:
+                with self._lock:
+                    vectors: NDArray[np.float32] = self.index.embed_queries([image])
+                vector: NDArray[np.float32] = vectors[0].copy()
+                return vector
+            except ImageLoadError as exc:  # the embedder's own bound on its preprocessing
+                failure = f"could not read the uploaded image: {exc.reason}"
+            except MemoryError:  # e.g. a thin image resized by an embedder without a bound
+                failure = _OUT_OF_MEMORY
+        raise Rejected(413 if failure == _OUT_OF_MEMORY else 400, failure)
+
+    def _image_size(self) -> int | None:
+        size = getattr(self.index.embedder, "image_size", None)
+        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
     # -- searching --------------------------------------------------------------------------------
     def search_upload(self, data: bytes, k: object = 10, filter: Any = None) -> list[Hit]:
-        image = self.decode_upload(data)
-        return self.search(image, k, filter)
+        self.check_k(k)
+        self.check_filter(filter)  # cheap checks first: a bad k never costs a decode
+        return self.search(self.embed_upload(data), k, filter)
 
     def search(self, query: Image.Image | Any, k: object = 10, filter: Any = None) -> list[Hit]:
         """Search by a decoded image or a vector (use :meth:`search_upload` for bytes)."""
@@ -213,10 +434,19 @@ class SearchService:
         if not record.path:
             return None
         try:
-            image = load_image(record.path, max_pixels=DEFAULT_MAX_PIXELS, min_size=max_side)
+            encoded = read_image_bytes(record.path)
         except ImageLoadError:
             return None
-        image.thumbnail((max_side, max_side))
+        size = probe_image(encoded.data)
+        # A stored image larger than the whole budget is still shown: it waits to be decoded alone.
+        pixels = min(size[0] * size[1], self.budget.capacity) if size else 1
+        with self.budget.reserve(max(pixels, 1), self.limits.max_wait_s):
+            try:
+                image = decode_image(encoded, max_pixels=DEFAULT_MAX_PIXELS, min_size=max_side)
+            except (ImageLoadError, MemoryError):
+                return None
+            del encoded
+            image.thumbnail((max_side, max_side))  # in place: the full-size pixels are freed here
         return image
 
 
@@ -244,7 +474,8 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
     from starlette.responses import JSONResponse, Response
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     async def guarded(work: Callable[[], Any]) -> Response:
         try:
@@ -257,6 +488,8 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
             return error(400, str(exc))
         except StoreError as exc:
             return error(503, f"the index store failed: {exc}")
+        except MemoryError:
+            return error(503, "the server ran out of memory; try again later")
         except Exception:  # never a traceback to the client; keep it in the server log
             traceback.print_exc(file=sys.stderr)
             return error(500, "internal error; the server log has the details")
@@ -348,6 +581,218 @@ def _encode_jpeg(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+# -- request bodies ----------------------------------------------------------------------------------
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over a limit with 413, before the app parses any of it.
+
+    A declared ``Content-Length`` over the limit is refused without reading the body; a body sent
+    without one (chunked) is counted as it streams, and refused as soon as it passes the limit.
+    ``limit_for(path)`` gives the limit of each request path.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(str(scope.get("path", "")))
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.strip().isdigit() and int(declared) > limit:
+            await self._refuse(scope, limit, send)
+            return
+        received = 0
+        overflow = False
+        started = False
+
+        async def counted_receive() -> Any:
+            nonlocal received, overflow
+            if overflow:  # the app asks again after the refusal: the client is gone, as far as it knows
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    overflow = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if overflow and not started:
+                return  # the app's answer to a body it never fully got: the 413 replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        except Exception:
+            if not overflow:
+                raise
+        if overflow and not started:
+            await self._refuse(scope, limit, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, limit: int, send: Send) -> None:
+        from starlette.responses import JSONResponse
+
+        response = JSONResponse(
+            {"error": f"the request body is larger than the limit of {_size(limit)}"},
+            status_code=413, headers={"Connection": "close"},
+        )
+        await response(scope, _no_body, send)
+
+
+async def _no_body() -> Any:
+    return {"type": "http.disconnect"}
+
+
+def body_limits(limits: Limits) -> Callable[[str], int]:
+    """The body limit of each path: an image as a multipart form, or base64 in Gradio's JSON."""
+    form = limits.max_upload_bytes + _FORM_OVERHEAD
+
+    def limit_for(path: str) -> int:
+        if path == "/api/search" or path.rstrip("/").endswith("/upload"):
+            return form
+        return limits.max_body_bytes
+
+    return limit_for
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+#: Seconds an upload stays on disk after the search that read it (the page still shows it as the
+#: query's preview); re-searches with another k or label use the query's vector, not the file.
+UPLOAD_GRACE_S = 15.0
+
+
+def remove_upload(path: Path, root: Path) -> None:
+    """Delete an uploaded file under ``root``, and its folder once empty; anything else is left alone."""
+    path = path.resolve()
+    if not path.is_relative_to(root) or path == root:
+        return
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+    folder = path.parent
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
+        folder = folder.parent
+
+
+class UploadJanitor:
+    """Deletes uploaded files once a search has read them, ``grace_s`` seconds later.
+
+    One timer thread at most: it deletes the files whose time has come and re-arms itself while
+    files are pending. Gradio's own ``delete_cache`` sweep catches uploads that were never searched.
+    """
+
+    def __init__(self, root: Path, grace_s: float | None = None) -> None:
+        self.root = root
+        self.grace_s = UPLOAD_GRACE_S if grace_s is None else grace_s
+        self._due: collections.deque[tuple[float, Path]] = collections.deque()
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def consumed(self, path: Path) -> None:
+        """``path`` has been read: delete it once the grace period is over (now, if there is none)."""
+        if self.grace_s <= 0:
+            remove_upload(path, self.root)
+            return
+        with self._lock:
+            self._due.append((time.monotonic() + self.grace_s, path))
+            if self._timer is None:
+                self._arm(self.grace_s)
+
+    def sweep(self) -> None:
+        """Delete the files whose grace period is over; re-arm for the rest."""
+        now = time.monotonic()
+        with self._lock:
+            due = []
+            while self._due and self._due[0][0] <= now:
+                due.append(self._due.popleft()[1])
+            self._timer = None
+            if self._due:
+                self._arm(max(self._due[0][0] - now, 0.05))
+        for path in due:
+            remove_upload(path, self.root)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self.sweep)
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def looks_like_image(path: Path) -> bool:
+    """Whether a file starts like an image format Pillow reads (its first 16 bytes; nothing decoded)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            prefix = fh.read(16)
+    except OSError:
+        return False
+    Image.init()
+    # Formats with no signature (accept is None: TGA and a few rare ones) would take any file.
+    return any(accept is not None and accept(prefix) for _, accept in Image.OPEN.values())
+
+
+class UploadCheckMiddleware:
+    """Refuses (415) and deletes files uploaded through Gradio's upload route that are not images.
+
+    Gradio stores whatever ``POST .../gradio_api/upload`` sends; this looks at the first bytes of
+    each stored file as soon as the upload ends, before any search could read it.
+    """
+
+    def __init__(self, app: ASGIApp, root: Path) -> None:
+        self.app = app
+        self.root = root
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or scope.get("method") != "POST" or not path.endswith("/gradio_api/upload"):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Any] = []
+
+        async def keep(message: Any) -> None:
+            messages.append(message)
+
+        await self.app(scope, receive, keep)
+        start = next((m for m in messages if m["type"] == "http.response.start"), None)
+        stored = None
+        if start is not None and start["status"] == 200:
+            try:
+                stored = json.loads(b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body"))
+            except ValueError:
+                stored = None
+        if isinstance(stored, list) and all(isinstance(p, str) for p in stored):
+            refused = [p for p in stored if not looks_like_image(Path(p))]
+            if refused:
+                for p in stored:
+                    remove_upload(Path(p), self.root)
+                from starlette.responses import PlainTextResponse
+
+                names = ", ".join(repr(Path(p).name) for p in refused)
+                response = PlainTextResponse(
+                    f"not an image: {names} (send JPEG, PNG, WebP, GIF, BMP, TIFF or another image format)",
+                    status_code=415,
+                )
+                await response(scope, receive, send)
+                return
+        for message in messages:
+            await send(message)
+
+
 # -- basic auth ---------------------------------------------------------------------------------
 def parse_auth(value: str | None) -> tuple[str, str] | None:
     """``USER:PASSWORD`` → a pair; None or "" → None."""
@@ -364,16 +809,20 @@ class BasicAuthMiddleware:
 
     def __init__(self, app: ASGIApp, credentials: tuple[str, str], realm: str = "lookalike") -> None:
         self.app = app
-        token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-        self._expected = f"Basic {token}".encode()
+        self._expected = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode())
         self._realm = realm
+
+    def _accepts(self, header: bytes) -> bool:
+        # RFC 7617 (via RFC 7235): the scheme name is case-insensitive; one or more spaces follow it.
+        scheme, _, token = header.strip().partition(b" ")
+        return scheme.lower() == b"basic" and secrets.compare_digest(token.strip(), self._expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if secrets.compare_digest(given, self._expected):
+        if self._accepts(given):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
@@ -446,6 +895,7 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
     labels = service.labels()
     has_labels = service.label_field in service.filter_fields()
     upload_root = Path(gr.utils.get_upload_folder()).resolve()
+    uploads = UploadJanitor(upload_root)
 
     def header() -> str:
         info = service.info()
@@ -473,11 +923,16 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
             except (binascii.Error, ValueError):
                 raise gr.Error("Could not read the uploaded image: bad data URL.") from None
         path = Path(str(payload.get("path"))).resolve()
-        if not path.is_relative_to(upload_root) or not path.is_file():  # defence in depth: Gradio checks too
+        if not path.is_relative_to(upload_root):  # defence in depth: Gradio checks too
             raise gr.Error(_sentence(_NOT_A_PATH))
-        if path.stat().st_size > service.limits.max_upload_bytes:
-            raise gr.Error(f"The image is larger than the limit of {_size(service.limits.max_upload_bytes)}.")
-        return path.read_bytes()
+        if not path.is_file():
+            raise gr.Error("The uploaded image is no longer on the server: upload it again.")
+        try:
+            if path.stat().st_size > service.limits.max_upload_bytes:
+                raise gr.Error(f"The image is larger than the limit of {_size(service.limits.max_upload_bytes)}.")
+            return path.read_bytes()
+        finally:
+            uploads.consumed(path)  # the search keeps the query's vector, never the file
 
     def show(hits: list[Hit], seconds: float, what: str) -> tuple[Any, str, list[dict[str, Any]]]:
         items = []
@@ -485,7 +940,7 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
             thumb = None
             try:
                 thumb = service.stored_image(hit.id, 256)
-            except NotFoundError:
+            except (NotFoundError, Rejected):  # gone, or the server stayed busy: a placeholder
                 pass
             items.append((thumb or _placeholder(), _caption(hit)))
         status = f"{len(hits)} results for {what} in {seconds:.2f} s" if hits else f"No results for {what}."
@@ -506,19 +961,34 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
 
     def search_upload(payload: Any, k: Any, label: Any) -> tuple[Any, ...]:
         data = read_upload(payload)
-        gallery, status, hits = run_guarded(
-            lambda: service.search_upload(data, k, label_filter(label)), "the uploaded image"
-        )
-        return gallery, status, hits, None, gr.update(visible=False)
+        vectors: list[Any] = []
 
-    def search_current(payload: Any, k: Any, label: Any, query_id: Any) -> tuple[Any, ...]:
+        def work() -> list[Hit]:
+            service.check_k(k)
+            service.check_filter(label_filter(label))  # cheap checks before the decode
+            vectors.append(service.embed_upload(data))
+            return service.search(vectors[0], k, label_filter(label))
+
+        gallery, status, hits = run_guarded(work, "the uploaded image")
+        vector = vectors[0].tolist() if vectors else None  # re-searches (k, label) reuse it
+        return gallery, status, hits, None, vector, gr.update(visible=False)
+
+    def search_current(payload: Any, k: Any, label: Any, query_id: Any, query_vec: Any) -> tuple[Any, ...]:
         if query_id:
             gallery, status, hits = run_guarded(
                 lambda: service.search_similar(str(query_id), k, label_filter(label)), "the chosen result"
             )
-            return gallery, status, hits, query_id, gr.skip()
+            return gallery, status, hits, query_id, gr.skip(), gr.skip()
+        if query_vec:
+            import numpy as np
+
+            vector = np.asarray(query_vec, dtype=np.float32)
+            gallery, status, hits = run_guarded(
+                lambda: service.search(vector, k, label_filter(label)), "the uploaded image"
+            )
+            return gallery, status, hits, None, gr.skip(), gr.skip()
         if payload is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return search_upload(payload, k, label)
 
     def select(hits: list[dict[str, Any]], evt: Any) -> tuple[Any, ...]:
@@ -552,12 +1022,14 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
             query_image = service.stored_image(str(selected), 1024)
         except NotFoundError:
             query_image = None
-        return gallery, status, hits, selected, query_image or gr.skip()
+        return gallery, status, hits, selected, None, query_image or gr.skip()
 
     def clear() -> tuple[Any, ...]:
-        return [], "", [], None, gr.update(visible=False)
+        return [], "", [], None, None, gr.update(visible=False)
 
-    with gr.Blocks(title="lookalike", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    # Uploads are deleted once searched (UploadJanitor); this sweep catches the ones never searched,
+    # and the thumbnails the page showed.
+    with gr.Blocks(title="lookalike", analytics_enabled=False, delete_cache=(600, 1800)) as demo:
         info_md = gr.Markdown(elem_id="info")
         with gr.Row():
             with gr.Column(scale=2, min_width=280):
@@ -589,18 +1061,17 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
                         again = gr.Button("Search by this image", elem_id="search-by")
         hits_state = gr.State([])
         query_id = gr.State(None)
+        query_vec = gr.State(None)  # the uploaded query's vector: its file is deleted once read
         selected_id = gr.State(None)
 
-        outputs = [gallery, status, hits_state, query_id]
+        outputs = [gallery, status, hits_state, query_id, query_vec]
         demo.load(header, None, info_md, api_name=False)
         query.upload(search_upload, [query, k, label], [*outputs, detail], preprocess=False,
                      api_name="search")
-        run.click(search_current, [query, k, label, query_id], [*outputs, detail], preprocess=False,
-                  api_name=False)
-        k.release(search_current, [query, k, label, query_id], [*outputs, detail], preprocess=False,
-                  api_name=False)
-        label.input(search_current, [query, k, label, query_id], [*outputs, detail], preprocess=False,
-                    api_name=False)
+        current = [query, k, label, query_id, query_vec]
+        run.click(search_current, current, [*outputs, detail], preprocess=False, api_name=False)
+        k.release(search_current, current, [*outputs, detail], preprocess=False, api_name=False)
+        label.input(search_current, current, [*outputs, detail], preprocess=False, api_name=False)
         query.clear(clear, None, [*outputs, detail], api_name=False)
         gallery.select(select, [hits_state], [big, details, selected_id, detail], api_name=False)
         again.click(search_by, [selected_id, k, label], [*outputs, query], api_name=False)
@@ -637,7 +1108,9 @@ def build_app(
     # "has launched", which mount_gradio_app never sets: without this line a request naming any
     # server file (the tutorial's hole) would be copied into the cache and searched.
     demo.has_launched = True
-    if auth is not None:
+    mounted.add_middleware(UploadCheckMiddleware, root=Path(gr.utils.get_upload_folder()).resolve())
+    mounted.add_middleware(BodyLimitMiddleware, limit_for=body_limits(service.limits))
+    if auth is not None:  # added last, so it runs first: no body is read before auth
         mounted.add_middleware(BasicAuthMiddleware, credentials=auth)
     return mounted
 
@@ -657,7 +1130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise ConfigurationError(f"--port must be between 1 and 65535, got {args.port}")
     limits = Limits(
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_k=100
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_k=100,
+        max_pixels_in_flight=args.max_pixels_in_flight or 0,
     )
     warning = bind_warning(args.host, auth)
     _import_gradio()  # fail early, before a model is loaded
@@ -701,5 +1175,8 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="largest image in pixels (default 50,000,000)")
+    p.add_argument("--max-pixels-in-flight", type=int, default=None, metavar="PIXELS",
+                   help="most decoded pixels held by all requests at once; others wait their turn "
+                   "(default: twice --max-pixels)")
     add_index_options(p)
     p.set_defaults(func=cmd_serve)
