@@ -696,9 +696,10 @@ class UploadJanitor:
     files are pending. Gradio's own ``delete_cache`` sweep catches uploads that were never searched.
     """
 
-    def __init__(self, root: Path, grace_s: float | None = None) -> None:
+    def __init__(self, root: Path, grace_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.grace_s = UPLOAD_GRACE_S if grace_s is None else grace_s
+        self.clock = clock
         self._due: collections.deque[tuple[float, Path]] = collections.deque()
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
@@ -709,17 +710,19 @@ class UploadJanitor:
             remove_upload(path, self.root)
             return
         with self._lock:
-            self._due.append((time.monotonic() + self.grace_s, path))
+            self._due.append((self.clock() + self.grace_s, path))
             if self._timer is None:
                 self._arm(self.grace_s)
 
     def sweep(self) -> None:
         """Delete the files whose grace period is over; re-arm for the rest."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             due = []
             while self._due and self._due[0][0] <= now:
                 due.append(self._due.popleft()[1])
+            if self._timer is not None and self._timer is not threading.current_thread():
+                self._timer.cancel()  # swept by hand: the pending timer is replaced below
             self._timer = None
             if self._due:
                 self._arm(max(self._due[0][0] - now, 0.05))
@@ -1108,6 +1111,7 @@ def build_app(
     # "has launched", which mount_gradio_app never sets: without this line a request naming any
     # server file (the tutorial's hole) would be copied into the cache and searched.
     demo.has_launched = True
+    mounted.state.search_service = service  # its limits and pixel budget, for tests and monitoring
     mounted.add_middleware(UploadCheckMiddleware, root=Path(gr.utils.get_upload_folder()).resolve())
     mounted.add_middleware(BodyLimitMiddleware, limit_for=body_limits(service.limits))
     if auth is not None:  # added last, so it runs first: no body is read before auth
