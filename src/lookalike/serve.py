@@ -145,9 +145,9 @@ class PixelBudget:
     A counting semaphore by pixel with a first-come, first-served queue (a large image is not
     starved by a stream of small ones). :meth:`reserve` waits for a share, or raises
     :class:`Rejected` (503) after ``timeout`` seconds; a reservation larger than the whole budget
-    is refused at once (413), so nothing ever waits forever. When the last reservation of a busy
-    spell is released and it held ``trim_after`` pixels or more, freed memory is handed back to
-    the operating system (``malloc_trim`` on glibc).
+    is refused at once (413), so nothing ever waits forever. Each time reservations of
+    ``trim_after`` pixels or more in all have been released, freed memory is handed back to the
+    operating system (``malloc_trim`` on glibc).
     """
 
     def __init__(self, capacity: int, *, trim_after: int = 4_000_000) -> None:
@@ -199,12 +199,31 @@ class PixelBudget:
         finally:
             with self._cond:
                 self.in_flight -= pixels
-                trim = self.in_flight == 0 and self._since_trim >= self.trim_after
+                # Not only when idle: under a steady load freed images pile up in each thread's arena.
+                trim = self._since_trim >= self.trim_after
                 if trim:
                     self._since_trim = 0
                 self._cond.notify_all()
             if trim:
                 release_memory()
+
+
+def return_large_blocks(threshold: int = 4 * 1024 * 1024) -> bool:
+    """Make glibc give every block of ``threshold`` bytes or more straight back when freed.
+
+    glibc raises its mmap threshold after large blocks are freed, so later decoded images land in
+    per-thread heaps that keep their peak; a fixed threshold (``mallopt(M_MMAP_THRESHOLD)``) keeps
+    images in blocks of their own. Process-wide: ``lookalike serve`` sets it; False off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(-3, threshold))  # M_MMAP_THRESHOLD
 
 
 def release_memory() -> bool:
@@ -1139,6 +1158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     warning = bind_warning(args.host, auth)
     _import_gradio()  # fail early, before a model is loaded
+    return_large_blocks()  # decoded images go back to the system when freed, not to a heap
     with open_index(args) as index:
         app = build_app(index, limits=limits, auth=auth, default_k=args.k)
         _warm_up(index)  # load the model now: the first visitor should not wait, nor see a load error

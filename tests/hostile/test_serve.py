@@ -372,3 +372,17 @@ def test_no_request_leaves_pixels_in_flight(app: dict[str, Any]) -> None:
     assert app["service"].budget.in_flight == 0 and app["service"].budget.waiting == 0
     assert app["service"].budget.peak <= app["service"].budget.capacity
     assert np.isfinite(app["service"].budget.capacity)
+
+
+def test_large_blocks_go_back_to_the_system_on_glibc() -> None:
+    """`lookalike serve` fixes glibc's mmap threshold and trims: both work where glibc is the libc."""
+    import platform
+    import subprocess
+    import sys
+
+    code = ("from lookalike.serve import release_memory, return_large_blocks\n"
+            "print(return_large_blocks(), isinstance(release_memory(), bool))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert out.stdout.split() == [str(on_glibc), "True"]
