@@ -1152,9 +1152,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
     if not 1 <= args.port <= 65535:
         raise ConfigurationError(f"--port must be between 1 and 65535, got {args.port}")
+    in_flight = args.max_pixels_in_flight
+    if in_flight is not None and not args.max_pixels <= in_flight:
+        raise ConfigurationError(
+            f"--max-pixels-in-flight ({in_flight:,}) must be at least --max-pixels ({args.max_pixels:,}): "
+            "otherwise an image the server accepts could never be searched"
+        )
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_k=100,
-        max_pixels_in_flight=args.max_pixels_in_flight or 0,
+        max_pixels_in_flight=in_flight or 0,
     )
     warning = bind_warning(args.host, auth)
     _import_gradio()  # fail early, before a model is loaded

@@ -386,3 +386,15 @@ def test_large_blocks_go_back_to_the_system_on_glibc() -> None:
     assert out.returncode == 0, out.stderr
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert out.stdout.split() == [str(on_glibc), "True"]
+
+
+def test_cli_budget_smaller_than_one_image_is_refused_in_cli_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lookalike.cli import main
+
+    store = tmp_path / "never-opened.lookalike"
+    assert main(["serve", "--store", str(store), "--max-pixels", "1000", "--max-pixels-in-flight", "999"]) == 1
+    err = capsys.readouterr().err
+    assert "--max-pixels-in-flight (999) must be at least --max-pixels (1,000)" in err
+    assert "Traceback" not in err and not store.exists()
