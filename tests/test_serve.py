@@ -420,6 +420,13 @@ def test_page_finds_the_uploaded_image(server: str, gallery: dict[str, Path]) ->
             _no_traceback(page.content())
             page.screenshot(path=str(ARTIFACTS / "serve-corrupt-upload.png"), full_page=True)
 
+            # A file that is not an image at all is refused at upload, with the reason, and not kept.
+            not_image = gallery["root"] / "notes.png"
+            not_image.write_text("a shopping list, not a picture\n" * 20)
+            page.locator("#query input[type=file]").set_input_files(str(not_image))
+            expect(page.get_by_text("not an image: 'notes.png'")).to_be_visible(timeout=30_000)
+            assert not list((gallery["root"] / "gradio-tmp").rglob("notes.png"))
+
             # The webcam (Chromium's fake camera): take a photo, and it is searched like an upload.
             page.locator("#query button[aria-label='Capture from camera']").click()
             page.get_by_text("Click to Access Webcam").click()

@@ -398,3 +398,34 @@ def test_cli_budget_smaller_than_one_image_is_refused_in_cli_words(
     err = capsys.readouterr().err
     assert "--max-pixels-in-flight (999) must be at least --max-pixels (1,000)" in err
     assert "Traceback" not in err and not store.exists()
+
+
+def test_page_re_searches_by_the_query_vector_once_the_upload_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload is deleted once searched; a new k or label must still search the same query."""
+    import gradio as gr
+
+    import lookalike.serve as serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
+    monkeypatch.setattr(serve, "UPLOAD_GRACE_S", 0.0)
+    index = ImageSearchIndex(embedder=FakeEmbedder())
+    ids = [index.add(make_image(seed)) for seed in range(4)]
+    service = SearchService(index, LIMITS)
+
+    async def build() -> Any:
+        return serve._build_blocks(gr, service, 3)
+
+    demo = asyncio.run(build())
+    fns = {block_fn.name: block_fn.fn for block_fn in demo.fns.values()}
+    upload = tmp_path / "gradio-tmp" / "0123abcd" / "query.png"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(encode(make_image(2), "PNG"))
+    payload = {"path": str(upload), "meta": {"_type": "gradio.FileData"}}
+
+    gallery, status, hits, query_id, query_vec, _ = fns["search_upload"](payload, 3, None)
+    assert len(gallery) == 3 and hits[0]["id"] == ids[2] and query_id is None
+    assert not upload.exists() and len(query_vec) == FakeEmbedder().dim
+    gallery, status, hits, *_ = fns["search_current"](payload, 2, None, None, query_vec)
+    assert status.startswith("2 results for the uploaded image") and hits[0]["id"] == ids[2]
