@@ -24,6 +24,7 @@ import binascii
 import collections
 import contextlib
 import ctypes
+import functools
 import io
 import json
 import os
@@ -215,40 +216,29 @@ def return_large_blocks(threshold: int = 4 * 1024 * 1024) -> bool:
     per-thread heaps that keep their peak; a fixed threshold (``mallopt(M_MMAP_THRESHOLD)``) keeps
     images in blocks of their own. Process-wide: ``lookalike serve`` sets it; False off glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
 
 
 def release_memory() -> bool:
     """Hand freed heap memory back to the operating system (glibc ``malloc_trim``); False elsewhere."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    return bool(trim(0))
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
-_TRIM: list[Any] = []
-
-
-def _malloc_trim() -> Any:
-    if not _TRIM:
-        func = None
-        if sys.platform.startswith("linux"):
-            try:
-                func = ctypes.CDLL("libc.so.6").malloc_trim  # glibc only; musl has none
-                func.argtypes = [ctypes.c_size_t]
-                func.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                func = None
-        _TRIM.append(func)
-    return _TRIM[0]
+@functools.cache
+def _glibc() -> Any:
+    """The C library when it is glibc (it has ``malloc_trim`` and ``mallopt``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    except (OSError, AttributeError):  # another C library (musl has no malloc_trim)
+        return None
+    libc.malloc_trim.restype = libc.mallopt.restype = ctypes.c_int
+    return libc
 
 
 def probe_image(data: bytes) -> tuple[int, int] | None:
@@ -388,17 +378,15 @@ class SearchService:
         """
         width, height = self.check_upload(data)
         with self.budget.reserve(width * height, self.limits.max_wait_s):
-            failure = ""
+            failure: Rejected | None = None
             try:
                 image = load_image(data, max_pixels=self.limits.max_pixels, min_size=self._image_size())
             except ImageLoadError as exc:
-                failure = exc.reason
-            except MemoryError:  # handled below, once the traceback (and what it holds) is gone
-                failure = "out of memory"
-            if failure == "out of memory":
-                raise Rejected(413, _OUT_OF_MEMORY)
-            if failure:
-                raise Rejected(400, f"could not read the uploaded image: {failure}")
+                failure = Rejected(400, f"could not read the uploaded image: {exc.reason}")
+            except MemoryError:  # raised below, once the traceback (and the memory it holds) is gone
+                failure = Rejected(413, _OUT_OF_MEMORY)
+            if failure is not None:
+                raise failure
             try:
                 yield image
             finally:
@@ -406,7 +394,6 @@ class SearchService:
 
     def embed_upload(self, data: bytes) -> NDArray[np.float32]:
         """The query vector of uploaded image bytes (see :meth:`decoded_upload`)."""
-        failure = ""
         with self.decoded_upload(data) as image:
             try:
                 with self._lock:
@@ -414,10 +401,10 @@ class SearchService:
                 vector: NDArray[np.float32] = vectors[0].copy()
                 return vector
             except ImageLoadError as exc:  # the embedder's own bound on its preprocessing
-                failure = f"could not read the uploaded image: {exc.reason}"
+                failure = Rejected(400, f"could not read the uploaded image: {exc.reason}")
             except MemoryError:  # e.g. a thin image resized by an embedder without a bound
-                failure = _OUT_OF_MEMORY
-        raise Rejected(413 if failure == _OUT_OF_MEMORY else 400, failure)
+                failure = Rejected(413, _OUT_OF_MEMORY)
+        raise failure  # out of the except block: the traceback and what it held are freed
 
     def _image_size(self) -> int | None:
         size = getattr(self.index.embedder, "image_size", None)
@@ -1022,6 +1009,8 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
             image = service.stored_image(hit["id"], 1024)
         except NotFoundError:
             raise gr.Error("That image is no longer in the index.") from None
+        except Rejected:  # the server stayed busy with large images: the details, without the picture
+            image = None
         meta = {k: v for k, v in hit["metadata"].items() if k != HASH_FIELD}
         lines = [
             f"### {_md_escape(Path(hit['path']).name if hit['path'] else hit['id'])}",
@@ -1042,7 +1031,7 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         )
         try:
             query_image = service.stored_image(str(selected), 1024)
-        except NotFoundError:
+        except (NotFoundError, Rejected):
             query_image = None
         return gallery, status, hits, selected, None, query_image or gr.skip()
 
