@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTH_ENV",
     "BodyLimitMiddleware",
+    "ByteBudget",
     "Limits",
     "PixelBudget",
     "SearchService",
@@ -96,8 +97,10 @@ class Limits:
         max_pixels_in_flight: most decoded pixels held at once by all requests together
             (0: twice ``max_pixels``); a request waits for its share, see ``max_wait_s``.
         max_aspect_ratio: most times the long side of an uploaded image may be its short side.
-        max_wait_s: how long a request waits for its share of ``max_pixels_in_flight`` before
-            it is refused with 503.
+        max_wait_s: how long a request waits for its share of ``max_pixels_in_flight`` (or of
+            ``max_body_bytes_in_flight``) before it is refused with 503.
+        max_body_bytes_in_flight: most request-body bytes held at once by all requests together
+            (0: four times :attr:`max_body_bytes`).
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -106,6 +109,7 @@ class Limits:
     max_pixels_in_flight: int = 0
     max_aspect_ratio: int = 100
     max_wait_s: float = 30.0
+    max_body_bytes_in_flight: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_k", "max_aspect_ratio"):
@@ -121,6 +125,17 @@ class Limits:
             raise ConfigurationError(
                 f"max_pixels_in_flight ({budget}) must be at least max_pixels ({self.max_pixels}): "
                 "otherwise an image the server accepts could never be searched"
+            )
+        body_budget = self.max_body_bytes_in_flight
+        if not isinstance(body_budget, int) or isinstance(body_budget, bool) or body_budget < 0:
+            raise ConfigurationError(
+                f"max_body_bytes_in_flight must be a positive int (or 0: four times max_body_bytes), got {body_budget!r}"
+            )
+        if body_budget == 0:
+            object.__setattr__(self, "max_body_bytes_in_flight", 4 * self.max_body_bytes)
+        elif body_budget < self.max_body_bytes:
+            raise ConfigurationError(
+                f"max_body_bytes_in_flight ({body_budget}) must be at least max_body_bytes ({self.max_body_bytes})"
             )
         wait = self.max_wait_s
         if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait < float("inf"):
@@ -592,27 +607,91 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class ByteBudget:
+    """Request-body bytes held at once by all requests (those being received and those being served).
+
+    Taken by :class:`BodyLimitMiddleware` before a body is read, so a client waiting for its turn
+    leaves its bytes in the network, not in the server's memory. Polled (the middleware may run on
+    more than one event loop): :meth:`take` tries every 20 ms until ``timeout``.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ConfigurationError(f"the byte budget must be positive, got {capacity}")
+        self.capacity = capacity
+        self.in_flight = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def try_take(self, size: int) -> bool:
+        """Take ``size`` bytes now if they are free (one body larger than the budget takes all of it)."""
+        size = min(size, self.capacity)
+        with self._lock:
+            if self.in_flight + size > self.capacity:
+                return False
+            self.in_flight += size
+            self.peak = max(self.peak, self.in_flight)
+            return True
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self.in_flight -= min(size, self.capacity)
+
+    async def take(self, size: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``size`` bytes; False if they never came free."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while not self.try_take(size):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+
 class BodyLimitMiddleware:
     """Refuses request bodies over a limit with 413, before the app parses any of it.
 
     A declared ``Content-Length`` over the limit is refused without reading the body; a body sent
     without one (chunked) is counted as it streams, and refused as soon as it passes the limit.
-    ``limit_for(path)`` gives the limit of each request path.
+    ``limit_for(path)`` gives the limit of each request path. With a ``budget``, a request with a
+    body first takes its size (its limit, when chunked) from it, waiting up to ``max_wait_s``,
+    then 503; it gives the bytes back when its answer is sent.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_for: Callable[[str], int], budget: ByteBudget | None = None,
+        max_wait_s: float = 30.0,
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.budget = budget
+        self.max_wait_s = max_wait_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(str(scope.get("path", "")))
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.strip().isdigit() and int(declared) > limit:
-            await self._refuse(scope, limit, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, 413, f"the request body is larger than the limit of {_size(limit)}", send)
             return
+        size = int(declared) if declared.isdigit() else (limit if b"transfer-encoding" in headers else 0)
+        if self.budget is None or size == 0:
+            await self._limited(scope, receive, send, limit)
+            return
+        if not await self.budget.take(size, self.max_wait_s):
+            await self._refuse(scope, 503, "the server is busy receiving other large requests; try again in a moment",
+                               send)
+            return
+        try:
+            await self._limited(scope, receive, send, limit)
+        finally:
+            self.budget.give_back(size)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
         overflow = False
         started = False
@@ -644,17 +723,16 @@ class BodyLimitMiddleware:
             if not overflow:
                 raise
         if overflow and not started:
-            await self._refuse(scope, limit, send)
+            await self._refuse(scope, 413, f"the request body is larger than the limit of {_size(limit)}", send)
 
     @staticmethod
-    async def _refuse(scope: Scope, limit: int, send: Send) -> None:
+    async def _refuse(scope: Scope, status: int, message: str, send: Send) -> None:
         from starlette.responses import JSONResponse
 
-        response = JSONResponse(
-            {"error": f"the request body is larger than the limit of {_size(limit)}"},
-            status_code=413, headers={"Connection": "close"},
-        )
-        await response(scope, _no_body, send)
+        headers = {"Connection": "close"}  # the unread body is not ours to drain
+        if status == 503:
+            headers["Retry-After"] = "5"
+        await JSONResponse({"error": message}, status_code=status, headers=headers)(scope, _no_body, send)
 
 
 async def _no_body() -> Any:
@@ -1121,7 +1199,10 @@ def build_app(
     demo.has_launched = True
     mounted.state.search_service = service  # its limits and pixel budget, for tests and monitoring
     mounted.add_middleware(UploadCheckMiddleware, root=Path(gr.utils.get_upload_folder()).resolve())
-    mounted.add_middleware(BodyLimitMiddleware, limit_for=body_limits(service.limits))
+    body_budget = ByteBudget(service.limits.max_body_bytes_in_flight)
+    mounted.add_middleware(BodyLimitMiddleware, limit_for=body_limits(service.limits), budget=body_budget,
+                           max_wait_s=service.limits.max_wait_s)
+    mounted.state.body_budget = body_budget
     if auth is not None:  # added last, so it runs first: no body is read before auth
         mounted.add_middleware(BasicAuthMiddleware, credentials=auth)
     return mounted

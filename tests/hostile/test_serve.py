@@ -429,3 +429,65 @@ def test_page_re_searches_by_the_query_vector_once_the_upload_is_gone(
     assert not upload.exists() and len(query_vec) == FakeEmbedder().dim
     gallery, status, hits, *_ = fns["search_current"](payload, 2, None, None, query_vec)
     assert status.startswith("2 results for the uploaded image") and hits[0]["id"] == ids[2]
+
+
+def test_request_bodies_in_flight_are_bounded_before_they_are_read() -> None:
+    """A body waits for its bytes in the network, not in the server: one budget for all requests."""
+    from lookalike.serve import BodyLimitMiddleware, ByteBudget
+
+    budget = ByteBudget(100)
+    entered = asyncio.Event()
+    finish = asyncio.Event()
+    read_by_app: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        read_by_app.append(len(message.get("body", b"")))
+        entered.set()
+        if scope["path"] == "/slow":
+            await finish.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def call(path: str, size: int) -> int:
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"x" * size, "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path,
+                 "headers": [(b"content-length", str(size).encode())]}
+        await BodyLimitMiddleware(app, lambda p: 100, budget=budget, max_wait_s=0)(scope, receive, send)
+        return int(sent[0]["status"])
+
+    async def scenario() -> list[int]:
+        slow = asyncio.create_task(call("/slow", 80))
+        await entered.wait()  # 80 of the 100 bytes are held while the first request is served
+        refused = await call("/fast", 50)
+        fits = await call("/fast", 20)
+        finish.set()
+        first = await slow  # its bytes are given back once its answer is sent
+        after = await call("/fast", 50)
+        return [first, refused, fits, after]
+
+    assert asyncio.run(scenario()) == [200, 503, 200, 200]
+    assert read_by_app == [80, 20, 50]  # the refused body was never read
+    assert budget.in_flight == 0 and budget.peak == 100
+
+
+def test_server_busy_receiving_bodies_is_a_503(app: dict[str, Any]) -> None:
+    budget = app["app"].state.body_budget
+    assert budget.capacity == 4 * LIMITS.max_body_bytes
+    assert budget.try_take(budget.capacity)
+    try:
+        busy = app["client"].post("/api/search", content=_png(64, 64), headers={"content-type": "image/png"})
+        info = app["client"].get("/api/info")  # requests without a body are never held up
+    finally:
+        budget.give_back(budget.capacity)
+    assert busy.status_code == 503 and busy.headers["retry-after"]
+    assert "busy receiving" in busy.json()["error"] and info.status_code == 200
+    ok = app["client"].post("/api/search", content=_png(64, 64), headers={"content-type": "image/png"})
+    assert ok.status_code == 200 and budget.in_flight == 0
