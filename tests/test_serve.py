@@ -181,7 +181,8 @@ def test_api_info_says_size_and_model(api: Any) -> None:
     info = api.get("/api/info").json()
     assert info["count"] == N_IMAGES
     assert info["embedder"] == FakeEmbedder().identity
-    assert info["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 1_000_000, "max_k": 20}
+    assert info["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 1_000_000, "max_k": 20,
+                              "max_pixels_in_flight": 2_000_000, "max_aspect_ratio": 100}
 
 
 def test_api_search_finds_the_image_with_k_and_filter(api: Any, gallery: dict[str, Path]) -> None:
@@ -418,6 +419,13 @@ def test_page_finds_the_uploaded_image(server: str, gallery: dict[str, Path]) ->
             expect(page.locator("#gallery img")).to_have_count(0)
             _no_traceback(page.content())
             page.screenshot(path=str(ARTIFACTS / "serve-corrupt-upload.png"), full_page=True)
+
+            # A file that is not an image at all is refused at upload, with the reason, and not kept.
+            not_image = gallery["root"] / "notes.png"
+            not_image.write_text("a shopping list, not a picture\n" * 20)
+            page.locator("#query input[type=file]").set_input_files(str(not_image))
+            expect(page.get_by_text("not an image: 'notes.png'")).to_be_visible(timeout=30_000)
+            assert not list((gallery["root"] / "gradio-tmp").rglob("notes.png"))
 
             # The webcam (Chromium's fake camera): take a photo, and it is searched like an upload.
             page.locator("#query button[aria-label='Capture from camera']").click()
