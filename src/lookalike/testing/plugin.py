@@ -1,47 +1,15 @@
-"""The lookalike pytest plugin: fixtures for testing code that uses lookalike.
+"""The lookalike pytest plugin, by its public name: ``pytest -p lookalike.testing.plugin``.
 
-Registered through the ``pytest11`` entry point, so it is active in every pytest run of an
-environment where lookalike is installed. It imports nothing but pytest until a test asks
-for one of its fixtures (no numpy, Pillow or torch at start-up).
+Installed lookalike registers it by itself (the ``pytest11`` entry point, pointing at the
+light top-level module ``_lookalike_pytest``); name it only where that entry point is not
+installed (e.g. a source checkout on ``PYTHONPATH``). Fixtures:
 
-- ``image_files``: a folder (under ``tmp_path``) of 8 distinct generated JPEG images;
-  ``sorted(image_files.iterdir())`` lists them.
-- ``lookalike_index``: an empty :class:`~lookalike.ImageSearchIndex` with
-  ``FakeEmbedder()`` and ``InMemoryStore()``, closed after the test.
+- ``image_files``: a folder of 8 distinct generated JPEG images (``img000.jpg`` ...).
+- ``lookalike_index``: an empty ``ImageSearchIndex(embedder=FakeEmbedder(), store=InMemoryStore())``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-import pytest
-
-if TYPE_CHECKING:
-    from lookalike import ImageSearchIndex
+from _lookalike_pytest import IMAGE_FILES, image_files, lookalike_index
 
 __all__ = ["IMAGE_FILES", "image_files", "lookalike_index"]
-
-IMAGE_FILES = 8  #: how many images the ``image_files`` folder holds
-
-
-@pytest.fixture
-def image_files(tmp_path: Path) -> Path:
-    """A folder of ``IMAGE_FILES`` distinct JPEG images, ``img000.jpg`` ... (fresh per test)."""
-    from lookalike.testing import make_images
-
-    folder = tmp_path / "lookalike-images"
-    make_images(folder, IMAGE_FILES)
-    return folder
-
-
-@pytest.fixture
-def lookalike_index() -> Iterator[ImageSearchIndex]:
-    """An empty ``ImageSearchIndex(embedder=FakeEmbedder(), store=InMemoryStore())``."""
-    from lookalike import ImageSearchIndex
-    from lookalike.testing import FakeEmbedder, InMemoryStore
-
-    index = ImageSearchIndex(embedder=FakeEmbedder(), store=InMemoryStore())
-    with index:
-        yield index
