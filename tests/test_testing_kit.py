@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +61,7 @@ def test_plugin_module_loads_without_importing_lookalike_numpy_or_torch() -> Non
 
 
 def test_pyproject_registers_the_plugin_entry_point() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["pytest11"] == {"lookalike": "_lookalike_pytest"}
     wheel = meta["tool"]["hatch"]["build"]["targets"]["wheel"]

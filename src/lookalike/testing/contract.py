@@ -193,13 +193,14 @@ def _property(
             )(given(**strategies())(run))
             return wrapped
 
-        @pytest.mark.parametrize("example", examples, ids=[f"ex{i}" for i in range(len(examples))])
         def fixed(self: Any, store: VectorStore, make_store: Any, example: dict[str, Any]) -> None:
             check(self, _Fresh(store, make_store), **example)
 
         fixed.__name__ = check.__name__
         fixed.__doc__ = check.__doc__
-        return fixed
+        ids = [f"ex{i}" for i in range(len(examples))]
+        parametrized: Callable[..., None] = pytest.mark.parametrize("example", examples, ids=ids)(fixed)
+        return parametrized
 
     return decorate
 
