@@ -48,6 +48,20 @@ def test_kit_works_without_torch_or_pytest(tmp_path: Path) -> None:
     assert "contract needs:" in result.stdout and "pytest" in result.stdout
 
 
+def test_public_names_are_sorted_and_resolve() -> None:
+    import lookalike.testing as kit
+
+    assert list(kit.__all__) == sorted(kit.__all__)
+    for name in kit.__all__:
+        assert getattr(kit, name) is not None
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        kit.NoSuchThing  # noqa: B018
+    from lookalike.embedders import FakeEmbedder as Fake
+    from lookalike.stores import InMemoryStore as Memory
+
+    assert kit.FakeEmbedder is Fake and kit.InMemoryStore is Memory
+
+
 def test_plugin_module_loads_without_importing_lookalike_numpy_or_torch() -> None:
     """The pytest11 entry point is loaded by every pytest run: it must stay light."""
     result = _run_python("""

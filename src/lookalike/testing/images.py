@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["make_image", "make_images"]
 
+MAX_PIXELS = 64_000_000  #: make_image refuses bigger pictures (a typo must not exhaust memory)
 _FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "gif": "GIF"}
 
 
@@ -37,9 +38,19 @@ def make_image(
     """
     from PIL import Image, ImageDraw
 
-    w, h = size
+    _check_seed(seed)
+    try:
+        w, h = size
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"make_image: size must be (width, height), got {size!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (w, h)):
+        raise ConfigurationError(f"make_image: size must be two ints, got {size!r}")
     if w < 16 or h < 16:
         raise ConfigurationError(f"make_image: size must be at least 16x16, got {size!r}")
+    if w * h > MAX_PIXELS:
+        raise ConfigurationError(
+            f"make_image: {w}x{h} is more than {MAX_PIXELS:,} pixels; use a smaller size"
+        )
     rng = np.random.default_rng(seed)
     base = tuple(int(c) for c in rng.integers(0, 256, 3))
     img = Image.new("RGB", (w, h), base)
@@ -73,16 +84,24 @@ def make_images(
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ConfigurationError(f"make_images: n must be a non-negative int, got {n!r}")
+    _check_seed(seed)
     ext = ext.lower().lstrip(".")
     if ext not in _FORMATS:
         raise ConfigurationError(f"make_images: ext must be one of {sorted(_FORMATS)}, got {ext!r}")
     root = Path(folder)
+    if root.exists() and not root.is_dir():
+        raise ConfigurationError(f"make_images: {str(root)!r} exists and is not a folder")
     root.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(n - 1)))
     paths = [root / f"img{i:0{width}d}.{ext}" for i in range(n)]
     for i, path in enumerate(paths):
         make_image(seed + i, size, path=path)
     return paths
+
+
+def _check_seed(seed: object) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigurationError(f"seed must be a non-negative int, got {seed!r}")
 
 
 def _save(img: Image.Image, path: Path) -> None:
