@@ -15,6 +15,7 @@ is not installed).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["IMAGE_FILES", "image_files", "lookalike_index"]
 
 IMAGE_FILES = 8  #: how many images the ``image_files`` folder holds
+
+# VectorStoreContract's asserts get pytest's detailed failure reports (what differed), on
+# top of their own messages. Registering a module imported already would only warn.
+if "lookalike.testing.contract" not in sys.modules:
+    pytest.register_assert_rewrite("lookalike.testing.contract")
 
 
 @pytest.fixture

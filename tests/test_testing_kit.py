@@ -249,14 +249,17 @@ def test_a_users_store_passes_and_a_sloppy_one_fails(pytester: pytest.Pytester) 
 
 def test_failures_tell_the_implementer_what_to_fix(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_sloppy=SLOPPY_STORE)
-    result = pytester.runpytest(
-        "-p", "no:cacheprovider", "-k", "test_search_validates_k or test_filter_in_list or wrong_dim_raises"
+    # a subprocess, as a user's run: the plugin has the contract's asserts rewritten by pytest
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "lookalike.testing.plugin",
+        "-k", "test_search_validates_k or test_filter_in_list or wrong_dim_raises",
     )
     result.assert_outcomes(failed=8)
     result.stdout.fnmatch_lines([
         "*search(k=0) must raise lookalike.errors.ConfigurationError, but it raised nothing*",
         "*search(k=1.5) must raise lookalike.errors.ConfigurationError; it raised builtins.TypeError*",
         "*a list in a filter means any of*",
+        "*Extra items in the right set:*",  # pytest's own account of what differed
     ])
 
 
