@@ -23,9 +23,13 @@ An HTML comment on the line before a block changes how it runs (the reason is sh
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import re
+import signal
+import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +55,8 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page.name
+        return f"{page}:{self.line}"
 
 
 def python_blocks(page: Path) -> list[Block]:
@@ -148,8 +153,6 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, Page]
 @pytest.fixture
 def fake_embedders(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A context in which the model embedders are FakeEmbedders of the models' dims."""
-    import contextlib
-
     from lookalike.embedders import efficientnet_lite, torchvision
     from lookalike.testing import FakeEmbedder
 
@@ -186,11 +189,41 @@ def _run(block: Block, page: Page, request: pytest.FixtureRequest, monkeypatch: 
         )
         return
     monkeypatch.chdir(page.folder)
-    if block.directive == "fake-embedder":
-        with request.getfixturevalue("fake_embedders")():
-            exec(code, page.namespace)
-    else:
-        exec(code, page.namespace)
+    try:
+        with _time_limit(BLOCK_SECONDS, block):
+            if block.directive == "fake-embedder":
+                with request.getfixturevalue("fake_embedders")():
+                    exec(code, page.namespace)
+            else:
+                exec(code, page.namespace)
+    except Exception as exc:
+        raise AssertionError(
+            f"{block.id} raised {type(exc).__name__}: {exc}\n"
+            "Fix the block; if it cannot run offline or in a test, put one of these on the line "
+            "before it: <!-- skip: REASON -->, <!-- slow: REASON -->, <!-- fake-embedder: REASON -->"
+        ) from exc
+
+
+BLOCK_SECONDS = 120
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int, block: Block) -> Iterator[None]:
+    """Interrupt a block that runs too long (a server, a wait) instead of hanging the suite."""
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise TimeoutError(f"{block.id} ran for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("block", [_param(b) for b in BLOCKS])
@@ -232,6 +265,19 @@ def test_blocks_are_found() -> None:
     skipped = [b for b in BLOCKS if b.directive == "skip"]
     assert all(b.reason for b in skipped)
     assert len(skipped) <= len(BLOCKS) // 3, "most doc blocks should run"
+
+
+def test_a_failing_or_hanging_block_is_reported_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    page = Page(tmp_path, {})
+    broken = Block(tmp_path / "p.md", 7, "open('nowhere.jpg')\n")
+    with pytest.raises(AssertionError, match=r"(?s)p.md:7 raised FileNotFoundError.*<!-- skip: REASON -->"):
+        _run(broken, page, request, monkeypatch)
+    monkeypatch.setattr(sys.modules[__name__], "BLOCK_SECONDS", 1)
+    hanging = Block(tmp_path / "p.md", 9, "import time\nwhile True:\n    time.sleep(0.05)\n")
+    with pytest.raises(AssertionError, match=r"p.md:9 raised TimeoutError: .* more than 1 s"):
+        _run(hanging, page, request, monkeypatch)
 
 
 def test_the_parser_reads_fences_and_directives(tmp_path: Path) -> None:
