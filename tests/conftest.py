@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+pytest_plugins = ("pytester",)  # tests run user-side test files (lookalike.testing, doc blocks)
+
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "reverse_image_search"
 if not DATASET.is_dir():  # CI clones next to shared/ too; allow an override
     DATASET = Path(os.environ.get("LOOKALIKE_DATASET", str(DATASET)))

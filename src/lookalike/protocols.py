@@ -47,7 +47,8 @@ class Embedder(Protocol):
 class VectorStore(Protocol):
     """Keeps vectors with metadata and answers k-nearest-neighbour queries.
 
-    Contract (checked for every store by ``tests/stores/test_contract.py``):
+    Contract (all rules and errors: docs/api.md, "The VectorStore rules"; checked, for
+    lookalike's stores and yours, by :class:`lookalike.testing.VectorStoreContract`):
         - ``create_schema(schema)``: creates the store's schema; a no-op when the same
           schema exists; :class:`~lookalike.errors.SchemaMismatchError` when another one does.
         - ``describe()``: the stored schema, or ``None`` before ``create_schema``.

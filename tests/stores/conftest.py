@@ -1,7 +1,9 @@
-"""The ``store_factory`` fixture: every store the contract suite runs against.
+"""The ``store_factory`` / ``store`` fixtures: tests parametrised over every store.
 
-To add a backend, add an entry to ``STORE_FACTORIES``: a function that takes pytest's
-``request`` and ``tmp_path`` and returns a fresh, empty store.
+The contract suite itself runs through ``lookalike.testing.VectorStoreContract`` (one
+subclass per store in ``test_contract.py``); these fixtures serve the other cross-store
+tests. To add a backend, add an entry to ``STORE_FACTORIES`` (a function that takes pytest's
+``request`` and ``tmp_path`` and returns a fresh, empty store) and a subclass there.
 """
 
 from __future__ import annotations
