@@ -334,7 +334,7 @@ class AddMany:
                                             device=device, streams=streams)
         self.embedder.cuda_graphs = cuda_graphs
         if not overlap:  # add_many then embeds each chunk to the end before it starts the next
-            self.embedder.submit_prepared = None
+            self.embedder.submit_pixels = None
         if onnx is not None:  # the same model run by ONNX Runtime (exported into store_dir)
             from lookalike.embedders import OnnxEmbedder
 

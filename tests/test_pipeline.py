@@ -23,19 +23,19 @@ from .conftest import encode, make_image
 
 
 class PreparingEmbedder(FakeEmbedder):
-    """FakeEmbedder with the prepare / embed_prepared split that torch embedders have."""
+    """FakeEmbedder with the pixels / embed_pixels split that torch embedders have."""
 
     def __init__(self) -> None:
         super().__init__()
         self.prepare_threads: set[str] = set()
         self.prepared_calls = 0
 
-    def prepare(self, image: Image.Image) -> NDArray[np.float32]:
+    def pixels(self, image: Image.Image) -> NDArray[np.float32]:
         self.prepare_threads.add(threading.current_thread().name)
         return np.asarray(image.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR),
                           dtype=np.float32)
 
-    def embed_prepared(self, items: Sequence[Any]) -> NDArray[np.float32]:
+    def embed_pixels(self, items: Sequence[Any]) -> NDArray[np.float32]:
         self.prepared_calls += 1
         thumbs = np.stack([a.reshape(-1) / 255.0 for a in items]) - 0.5
         vectors = thumbs @ self._projection
@@ -337,7 +337,7 @@ def test_decoding_in_processes_gives_the_same_result_as_threads(
     tmp_path: Path, embedder_cls: type[FakeEmbedder]
 ) -> None:
     """processes=True: same ids, vectors and failures as threads (children return decoded
-    images to embedders without a picklable ``process_prepare``)."""
+    images to embedders without a picklable ``pixel_function``)."""
     inputs, _ = _mixed_inputs(tmp_path, 30)
     results = {}
     for processes in (False, True):

@@ -27,18 +27,18 @@ PIXELS = ImagePreprocess(20, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 class PixelEmbedder(FakeEmbedder):
-    """A FakeEmbedder with a torch-free, picklable ``process_prepare`` (like the torch
+    """A FakeEmbedder with a torch-free, picklable ``pixel_function`` (like the torch
     embedders): the processes send back fixed-shape uint8 arrays, which use the arena."""
 
     image_size = 20
 
-    def prepare(self, image: Image.Image) -> NDArray[np.uint8]:
+    def pixels(self, image: Image.Image) -> NDArray[np.uint8]:
         return PIXELS.pixels(image)
 
-    def process_prepare(self) -> Callable[[Image.Image], NDArray[np.uint8]]:
+    def pixel_function(self) -> Callable[[Image.Image], NDArray[np.uint8]]:
         return PIXELS.pixels
 
-    def embed_prepared(self, items: Sequence[Any]) -> NDArray[np.float32]:
+    def embed_pixels(self, items: Sequence[Any]) -> NDArray[np.float32]:
         flat = np.stack([np.asarray(a, dtype=np.float32).reshape(-1) / 255.0 for a in items]) - 0.5
         vectors = flat @ self._projection[: flat.shape[1]]
         return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)

@@ -276,7 +276,7 @@ class ImageSearchIndex:
         if not self.processes:
             return None
         if self._decoder is None or self._decoder.broken:
-            process_prepare = getattr(self.embedder, "process_prepare", None)
+            process_prepare = getattr(self.embedder, "pixel_function", None)
             prepare = None  # the processes hand back PIL images
             if callable(process_prepare) and _prepare_hook(self.embedder) is not None:
                 prepare = process_prepare()  # they hand back what embed_prepared takes
@@ -905,11 +905,11 @@ class ImageSearchIndex:
         out = embedding.vectors = np.empty((len(items), embedder.dim), dtype=np.float32)
         if prepared:
             tensors = [items[i].tensor for i in prepared]
-            submit = getattr(embedder, "submit_prepared", None)
+            submit = getattr(embedder, "submit_pixels", None)
             if submit is not None:
                 embedding.pending, embedding.pending_rows = submit(tensors), prepared
             else:
-                embed_prepared = getattr(embedder, "embed_prepared")  # noqa: B009
+                embed_prepared = getattr(embedder, "embed_pixels")  # noqa: B009
                 out[prepared] = _check_vectors(embed_prepared(tensors), len(prepared), embedder)
         if plain:
             images = [img for i in plain if (img := items[i].image) is not None]
@@ -1179,8 +1179,8 @@ def _length(images: Iterable[Any]) -> int | None:
 
 def _prepare_hook(embedder: Embedder) -> Any:
     """The embedder's ``prepare`` when it also has ``embed_prepared``, else ``None``."""
-    prepare = getattr(embedder, "prepare", None)
-    if callable(prepare) and callable(getattr(embedder, "embed_prepared", None)):
+    prepare = getattr(embedder, "pixels", None)
+    if callable(prepare) and callable(getattr(embedder, "embed_pixels", None)):
         return prepare
     return None
 

@@ -218,7 +218,7 @@ class ForwardStreams:
 
 
 class PendingVectors:
-    """Vectors being embedded on the CPU streams (:meth:`TorchEmbedder.submit_prepared`)."""
+    """Vectors being embedded on the CPU streams (:meth:`TorchEmbedder.submit_pixels`)."""
 
     def __init__(self, parts: list[Future[Any]], done: NDArray[np.float32] | None = None) -> None:
         self._parts, self._done = parts, done
@@ -429,13 +429,13 @@ class TorchEmbedder:
         assert self._preprocess is not None
         return self._preprocess(image)
 
-    def prepare(self, image: Image.Image) -> Any:
+    def pixels(self, image: Image.Image) -> Any:
         """The per-image half of the preprocessing, for decode worker threads (thread-safe).
 
         With the built-in :class:`ImagePreprocess` this is Pillow resize + crop to a
         ``(crop, crop, 3)`` uint8 array (no torch, GIL mostly released); with a custom
         ``preprocess`` callable it is that callable's tensor. Pass a list of these to
-        :meth:`embed_prepared`.
+        :meth:`embed_pixels`.
         """
         self._ensure_ready()
         if isinstance(self._preprocess, ImagePreprocess):
@@ -443,16 +443,16 @@ class TorchEmbedder:
         assert self._preprocess is not None
         return self._preprocess(image)
 
-    def process_prepare(self) -> Callable[[Image.Image], Any] | None:
-        """:meth:`prepare` as a picklable callable that needs no torch, for decode worker
+    def pixel_function(self) -> Callable[[Image.Image], Any] | None:
+        """:meth:`pixels` as a picklable callable that needs no torch, for decode worker
         processes; ``None`` when the preprocessing is a custom callable."""
         self._ensure_ready()
         if isinstance(self._preprocess, ImagePreprocess):
             return self._preprocess.pixels
         return None
 
-    def embed_prepared(self, items: Sequence[Any]) -> NDArray[np.float32]:
-        """Embed the outputs of :meth:`prepare` (in batches of ``batch_size``)."""
+    def embed_pixels(self, items: Sequence[Any]) -> NDArray[np.float32]:
+        """Embed the outputs of :meth:`pixels` (in batches of ``batch_size``)."""
         if not len(items):
             return np.zeros((0, self._dim), dtype=np.float32)
         self._ensure_ready()
@@ -467,15 +467,15 @@ class TorchEmbedder:
                    for start in range(0, len(items), self.batch_size)]
         return _to_numpy(torch.cat(outputs) if len(outputs) > 1 else outputs[0])
 
-    def submit_prepared(self, items: Sequence[Any]) -> PendingVectors:
-        """:meth:`embed_prepared` without waiting: on the CPU streams the batches queue
+    def submit_pixels(self, items: Sequence[Any]) -> PendingVectors:
+        """:meth:`embed_pixels` without waiting: on the CPU streams the batches queue
         behind those of earlier calls, so a caller that submits its next call before
         collecting this one keeps every stream busy across calls. Elsewhere (CUDA, one
         stream, a small call) it embeds at once."""
         self._ensure_ready()
         streams = self._streams_for(len(items))
         if streams is None:
-            return PendingVectors([], self.embed_prepared(items))
+            return PendingVectors([], self.embed_pixels(items))
         return self._submit(items, streams)
 
     def _submit(self, items: Sequence[Any], streams: ForwardStreams) -> PendingVectors:
@@ -513,10 +513,16 @@ class TorchEmbedder:
                     streams = self._forward_streams = ForwardStreams(self.streams)
         return streams
 
+    # The names of lookalike 0.1, kept working.
+    prepare = pixels
+    process_prepare = pixel_function
+    embed_prepared = embed_pixels
+    submit_prepared = submit_pixels
+
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         if not images:
             return np.zeros((0, self._dim), dtype=np.float32)
-        return self.embed_prepared([self.prepare(img) for img in images])
+        return self.embed_pixels([self.pixels(img) for img in images])
 
     def embed_tensor(self, batch: Any) -> NDArray[np.float32]:
         """Embed an already preprocessed batch ``(n, 3, H, W)`` (split across the CPU

@@ -142,16 +142,16 @@ class OnnxEmbedder:
 
     # ------------------------------------------------------------------ the embedder API
 
-    def prepare(self, image: Image.Image) -> NDArray[np.uint8]:
+    def pixels(self, image: Image.Image) -> NDArray[np.uint8]:
         """Resize and centre-crop one RGB image to ``(crop, crop, 3)`` uint8 (thread-safe)."""
         return self._pixels()(image)
 
-    def process_prepare(self) -> Callable[[Image.Image], Any]:
-        """:meth:`prepare` as a picklable callable, for decode worker processes."""
+    def pixel_function(self) -> Callable[[Image.Image], Any]:
+        """:meth:`pixels` as a picklable callable, for decode worker processes."""
         return self._pixels()
 
-    def embed_prepared(self, items: Sequence[Any]) -> NDArray[np.float32]:
-        """Embed the outputs of :meth:`prepare` (in batches of ``batch_size``)."""
+    def embed_pixels(self, items: Sequence[Any]) -> NDArray[np.float32]:
+        """Embed the outputs of :meth:`pixels` (in batches of ``batch_size``)."""
         if not len(items):
             return np.zeros((0, self.dim), dtype=np.float32)
         session = self._ensure_session()
@@ -167,10 +167,15 @@ class OnnxEmbedder:
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         return np.ascontiguousarray(features / np.maximum(norms, 1e-12), dtype=np.float32)
 
+    # The names of lookalike 0.1, kept working.
+    prepare = pixels
+    process_prepare = pixel_function
+    embed_prepared = embed_pixels
+
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.embed_prepared([self.prepare(img) for img in images])
+        return self.embed_pixels([self.pixels(img) for img in images])
 
     # ------------------------------------------------------------------ building
 
