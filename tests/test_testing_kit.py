@@ -229,7 +229,7 @@ def test_a_users_store_passes_and_a_sloppy_one_fails(pytester: pytest.Pytester) 
     passed, failed = _outcomes(reprec)
     good_passed = {t for t in passed if t.startswith("TestMyStore::")}
     assert not {t for t in failed if t.startswith("TestMyStore::")}
-    assert len(good_passed) == 73  # the whole contract, property tests on the one `store`
+    assert len(good_passed) == 105  # the whole contract, property tests on the one `store`
     assert "TestMyStore::test_property_self_top1_sorted_and_length" in good_passed
     sloppy = {t.split("::", 1)[1] for t in failed if t.startswith("TestDictStore::")}
     assert {
@@ -243,6 +243,7 @@ def test_a_users_store_passes_and_a_sloppy_one_fails(pytester: pytest.Pytester) 
         "test_duplicate_ids_in_one_upsert_are_refused",
         "test_filter_on_undeclared_field_raises",
         "test_same_misuse_same_error[k=0]",
+        "test_unfilterable_values_are_refused_at_upsert[nul-in-string]",
     } <= sloppy, sorted(sloppy)
     assert "TestDictStore::test_upsert_replaces_by_id" in passed  # what it does do, it does right
 
@@ -252,10 +253,12 @@ def test_failures_tell_the_implementer_what_to_fix(pytester: pytest.Pytester) ->
     # a subprocess, as a user's run: the plugin has the contract's asserts rewritten by pytest
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-p", "lookalike.testing.plugin",
-        "-k", "test_search_validates_k or test_filter_in_list or wrong_dim_raises",
+        "-k", "test_search_validates_k or test_filter_in_list or wrong_dim_raises or refused_at_upsert and nul",
     )
-    result.assert_outcomes(failed=8)
-    result.stdout.fnmatch_lines([
+    result.assert_outcomes(failed=10)
+    result.stdout.fnmatch_lines([  # in the order of the tests in the class
+        "*{'value': 'a\\x00b'} (nul-in-string) must raise lookalike.errors.ConfigurationError, but it "
+        "raised nothing. No store can keep this value*lookalike.filters.value_problem*",
         "*search(k=0) must raise lookalike.errors.ConfigurationError, but it raised nothing*",
         "*search(k=1.5) must raise lookalike.errors.ConfigurationError; it raised builtins.TypeError*",
         "*a list in a filter means any of*",
@@ -273,11 +276,12 @@ def test_contract_runs_fixed_examples_without_hypothesis(pytester: pytest.Pytest
     pytester.makepyfile(test_good=GOOD_STORE)
     # a subprocess: in this one hypothesis's plugin is loaded and has patched pytest
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-v")
-    result.assert_outcomes(passed=70 + 5 + 12 + 4)  # the fixed examples of the 3 property tests
+    result.assert_outcomes(passed=101 + 5 + 12 + 4 + 13)  # the fixed examples of the 4 property tests
     result.stdout.fnmatch_lines([
         "*TestMyStore::test_property_self_top1_sorted_and_length[[]ex4[]] PASSED*",
         "*TestMyStore::test_property_ties_and_duplicates[[]ex11[]] PASSED*",
         "*TestMyStore::test_property_upserts_and_deletes_match_a_dict[[]ex3[]] PASSED*",
+        "*TestMyStore::test_property_metadata_values_behave_like_the_reference[[]ex12[]] PASSED*",
     ])
 
 

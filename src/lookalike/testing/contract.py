@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from ..errors import ConfigurationError, ImageSearchError, SchemaMismatchError
 from ..protocols import VectorStore
+from ..stores.memory import InMemoryStore
 from ..types import Record, Schema
 
 try:
@@ -44,9 +45,12 @@ except ImportError:  # the suite still runs: fixed examples instead
 
 __all__ = [
     "DIM",
+    "EDGE_VALUES",
     "FIELDS",
     "HAVE_HYPOTHESIS",
+    "REFUSED_VALUES",
     "SCHEMA",
+    "VALUE_SCHEMA",
     "VectorStoreContract",
     "brute_force",
     "make_records",
@@ -100,9 +104,20 @@ def brute_force(records: list[Record], query: NDArray[np.float32]) -> list[tuple
 
 
 @contextmanager
-def expect_error(error: type[ImageSearchError], doing: str, match: str | None = None) -> Iterator[None]:
-    """Fail with a message naming the call, the error it must raise, and what it did instead."""
+def expect_error(
+    error: type[ImageSearchError],
+    doing: str,
+    match: str | None = None,
+    names: tuple[str, ...] = (),
+    why: str = "",
+) -> Iterator[None]:
+    """Fail with a message naming the call, the error it must raise, and what it did instead.
+
+    ``match`` is a regular expression and ``names`` are plain strings its message must hold;
+    ``why`` (a sentence) ends the message when the call raised nothing or another error.
+    """
     want = f"lookalike.errors.{error.__name__}"
+    why = f". {why}" if why else ""
     try:
         yield
     except error as exc:
@@ -112,18 +127,73 @@ def expect_error(error: type[ImageSearchError], doing: str, match: str | None = 
                 f"should mention {match!r} so the user sees what is wrong",
                 pytrace=False,
             )
+        missing = [name for name in names if name not in str(exc)]
+        if missing:
+            pytest.fail(
+                f"{doing} raised {want} as it should, but its message {str(exc)!r} "
+                f"should name {' and '.join(missing)} so the user sees what is wrong",
+                pytrace=False,
+            )
         return
     except Exception as exc:
         pytest.fail(
             f"{doing} must raise {want}; it raised {type(exc).__module__}.{type(exc).__name__}: "
-            f"{exc}. Raise lookalike's error (callers catch {want} for every store)",
+            f"{exc}. Raise lookalike's error (callers catch {want} for every store){why}",
             pytrace=False,
         )
-    pytest.fail(f"{doing} must raise {want}, but it raised nothing", pytrace=False)
+    pytest.fail(f"{doing} must raise {want}, but it raised nothing{why}", pytrace=False)
 
 
 def _ids(hits: Any) -> list[str]:
     return [h.id for h in hits]
+
+
+Outcome = tuple[str, Any]
+
+
+def _value_outcome(store: VectorStore, value: Any, vectors: NDArray[np.float32]) -> Outcome:
+    """What ``store`` (with ``VALUE_SCHEMA`` and no records) does with ``value`` in the
+    filterable field ``value``: ``("refused", None)``, ``("stored", (repr read back, its
+    type, ids an equality filter finds, ids an any-of filter finds))``, or another kind
+    saying what went wrong. ``vectors``: three unit vectors of the store's dim."""
+    store.upsert([Record(f"o{i}", vectors[i], {"value": f"other-{i}"}) for i in range(2)])
+    try:
+        store.upsert([Record("odd", vectors[2], {"value": value, "label": "odd"})])
+    except ConfigurationError as exc:
+        left = sorted(r.id for r in store.get(["odd", "o0", "o1"]))
+        if left != ["o0", "o1"]:
+            return ("refused it with ConfigurationError but stored", left)
+        if "'odd'" not in str(exc) or "'value'" not in str(exc):
+            return ("refused it with a message that does not name the record 'odd' and the field 'value'", str(exc))
+        return ("refused", None)
+    except Exception as exc:
+        return ("raised, instead of ConfigurationError,", f"{type(exc).__module__}.{type(exc).__name__}: {exc}")
+    got = dict(store.get(["odd"])[0].metadata).get("value")
+    found: list[Any] = []
+    for filter in ({"value": value}, {"value": [value, "nothing"]}):
+        try:
+            found.append(_ids(store.search(vectors[2], 3, filter)[0]))
+        except Exception as exc:
+            found.append(f"search() raised {type(exc).__name__}: {exc}")
+    return ("stored", (repr(got), type(got).__name__, *found))
+
+
+def _stored(value: Any) -> Outcome:
+    """The outcome of a value a store keeps: read back as it was, found by both filters."""
+    return ("stored", (repr(value), type(value).__name__, ["odd"], ["odd"]))
+
+
+def _describe(outcome: Outcome) -> str:
+    kind, detail = outcome
+    if kind == "refused":
+        return "refuses it at upsert with ConfigurationError (naming the record and the field)"
+    if kind == "stored":
+        shown, type_name, equal, any_of = detail
+        return (
+            f"keeps it, reads it back as {shown} ({type_name}), and finds {equal} by an equality "
+            f"filter and {any_of} by an any-of filter"
+        )
+    return f"{kind}: {detail!r}"
 
 
 # -- data the parametrised tests share -------------------------------------------------------
@@ -162,6 +232,38 @@ MISUSE: dict[str, tuple[Callable[[VectorStore], object], type[ImageSearchError]]
     "filter-empty-list": (lambda s: s.search(unit_vectors(1), 1, {"label": []}), ConfigurationError),
     "wrong-dim-record": (lambda s: s.upsert([Record("x", unit_vectors(1, dim=3)[0])]), ConfigurationError),
     "other-schema": (lambda s: s.create_schema(Schema(dim=DIM + 1, identity="x")), SchemaMismatchError),
+}
+
+# metadata values: those no store can keep or filter on alike (refused at upsert and in
+# filters, see lookalike.filters.value_problem), and edge values every store must keep
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+VALUE_SCHEMA = Schema(dim=DIM, identity="contract-test:v1", fields=("path", "label", "value"))
+
+REFUSED_VALUES: dict[str, Any] = {
+    "nul-in-string": "a\x00b",
+    "only-nul": "\x00",
+    "int64-max+1": INT64_MAX + 1,
+    "int64-min-1": INT64_MIN - 1,
+    "huge-int": 10**30,
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "-inf": float("-inf"),
+    "lone-surrogate": "lone \ud800 surrogate",
+}
+
+EDGE_VALUES: dict[str, Any] = {
+    "int64-max": INT64_MAX,
+    "int64-min": INT64_MIN,
+    "2**53+1": 2**53 + 1,
+    "-2**53-1": -(2**53) - 1,
+    "smallest-float": 5e-324,
+    "largest-float": 1.7976931348623157e308,
+    "minus-zero": -0.0,
+    "0.1": 0.1,
+    "control-chars": "\x01\x1f control",
+    "tab-newline": "tab\tnewline\n",
+    "line-separator-bom-emoji": "\u2028 \ufeff \U0001f41f",
+    "empty-string": "",
 }
 
 
@@ -263,6 +365,19 @@ def _ties_strategies() -> Mapping[str, Any]:
             max_size=30,
         ),
         "k": st.integers(1, 35),
+    }
+
+
+def _values_strategies() -> Mapping[str, Any]:
+    return {
+        "value": st.one_of(
+            st.text(max_size=12),  # NUL included, lone surrogates not
+            st.text(alphabet=st.characters(), max_size=4),  # may hold lone surrogates
+            st.integers(min_value=-(2**70), max_value=2**70),
+            st.sampled_from([*REFUSED_VALUES.values(), *EDGE_VALUES.values()]),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.booleans(),
+        )
     }
 
 
@@ -536,6 +651,67 @@ class VectorStoreContract:
         hits = store.search(records[0].vector[None, :], 5, {"label": value})[0]
         assert _ids(hits) == ["special"], f"filter {{'label': {value!r}}} must match exactly that value, got {_ids(hits)}"
 
+    # -- metadata values: every store keeps the same ones, and refuses the same ones ----------
+    @pytest.mark.parametrize("name", list(REFUSED_VALUES))
+    def test_unfilterable_values_are_refused_at_upsert(self, store: VectorStore, name: str) -> None:
+        value = REFUSED_VALUES[name]
+        store.create_schema(VALUE_SCHEMA)
+        vectors = unit_vectors(3, seed=11)
+        store.upsert([Record(f"o{i}", vectors[i], {"value": f"other-{i}"}) for i in range(2)])
+        with expect_error(
+            ConfigurationError,
+            f"upsert() of a record 'odd' with metadata {{'value': {value!r}}} ({name})",
+            names=("'odd'", "'value'"),
+            why="No store can keep this value and filter on it alike; refuse it before writing "
+            "anything (lookalike.filters.value_problem(value) says which values, and why)",
+        ):
+            store.upsert([Record("odd", vectors[2], {"value": value, "label": "odd"})])
+        left = sorted(r.id for r in store.get(["odd", "o0", "o1"]))
+        assert left == ["o0", "o1"], (
+            f"a refused upsert() must store nothing and keep the records already there, got {left}"
+        )
+
+    @pytest.mark.parametrize("name", list(REFUSED_VALUES))
+    def test_unfilterable_values_are_refused_in_filters(self, store: VectorStore, name: str) -> None:
+        value = REFUSED_VALUES[name]
+        store.create_schema(VALUE_SCHEMA)
+        store.upsert([Record("a", unit_vectors(1)[0], {"value": "x"})])
+        for filter in ({"value": value}, {"value": ["x", value]}):
+            with expect_error(
+                ConfigurationError,
+                f"search() with the filter {filter!r} ({name})",
+                names=("'value'",),
+                why="No store can hold this value; refuse it in a filter as upsert() does "
+                "(lookalike.filters.normalize_filter checks filters so)",
+            ):
+                store.search(unit_vectors(1)[0], 1, filter)
+
+    @pytest.mark.parametrize("name", list(EDGE_VALUES))
+    def test_edge_values_are_kept_and_found(self, store: VectorStore, name: str) -> None:
+        value = EDGE_VALUES[name]
+        store.create_schema(VALUE_SCHEMA)
+        got = _value_outcome(store, value, unit_vectors(3, seed=11))
+        assert got == _stored(value), (
+            f"metadata {{'value': {value!r}}} ({name}) is a value every store must keep exactly and "
+            f"filter on: this store {_describe(got)}; it must keep it, read it back as {value!r} "
+            f"({type(value).__name__}), and find ['odd'] by an equality filter and by an any-of filter"
+        )
+
+    def test_refused_value_in_a_batch_writes_nothing(self, store: VectorStore) -> None:
+        store.create_schema(SCHEMA)
+        vectors = unit_vectors(2)
+        batch = [Record("a", vectors[0], {"label": "ok"}), Record("b", vectors[1], {"label": "bad\x00"})]
+        with expect_error(
+            ConfigurationError,
+            "upsert() of records 'a' and 'b', with a NUL character in the 'label' of 'b'",
+            names=("'b'", "'label'", "NUL"),
+            why="Check every value of every record before writing any",
+        ):
+            store.upsert(batch)
+        assert store.count() == 0, (
+            "a refused upsert() must store nothing: check every value of every record before writing any"
+        )
+
     # -- search ----------------------------------------------------------------------------------
     def test_search_is_best_first_with_cosine_scores(self, filled: tuple[VectorStore, list[Record]]) -> None:
         store, records = filled
@@ -772,3 +948,25 @@ class VectorStoreContract:
         assert sorted(ids_seen) == sorted(model), "scan() must yield exactly the records that remain"
         for record in store.get(sorted(model)):
             np.testing.assert_allclose(record.vector, model[record.id], atol=1e-6)
+
+    @_property(
+        _values_strategies,
+        [
+            {"value": v}
+            for v in ["plain", "", 7, 1, True, False, 2.5, -0.0, "a\x00b", "\ud800", 2**64, -(2**63), float("nan")]
+        ],
+    )
+    def test_property_metadata_values_behave_like_the_reference(self, fresh: _Fresh, value: Any) -> None:
+        """Any value is refused at upsert, or kept with its type and found by an equality
+        and an any-of filter, in every store exactly as in InMemoryStore (the reference)."""
+        reference_store = InMemoryStore()
+        reference_store.create_schema(VALUE_SCHEMA)
+        reference = _value_outcome(reference_store, value, unit_vectors(3, seed=11))
+        assert reference[0] == "refused" or reference == _stored(value), f"InMemoryStore {_describe(reference)}"
+        store = fresh(VALUE_SCHEMA)
+        got = _value_outcome(store, value, fresh.pad(unit_vectors(3, seed=11)))
+        assert got == reference, (
+            f"with metadata {{'value': {value!r}}} this store {_describe(got)}; InMemoryStore, the "
+            f"reference, {_describe(reference)}. Every store must refuse what "
+            "lookalike.filters.value_problem refuses and keep the rest exactly"
+        )

@@ -1,20 +1,19 @@
-"""Metadata rules on every store: odd values, merge on re-index, reserved fields, copy.
+"""Metadata rules of the facade on every store: merge on re-index, reserved fields, copy.
 
-Store-level tests use only the public ``VectorStore`` protocol; facade-level tests run
-``ImageSearchIndex`` with ``FakeEmbedder`` over each store of ``STORE_FACTORIES``.
+``ImageSearchIndex`` (with ``FakeEmbedder``) and ``copy_store`` run over each store of
+``STORE_FACTORIES``. The store-level rules (odd values refused at upsert and in filters,
+edge values kept and found, the same answer as the reference store) are part of the store
+contract: ``lookalike.testing.VectorStoreContract``, run in ``test_contract.py``.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from lookalike import (
@@ -36,7 +35,6 @@ from ..conftest import make_image
 
 DIM = 8
 SCHEMA = Schema(dim=DIM, identity="metadata-contract:v1", fields=("path", "label", "value"))
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def unit_vectors(n: int, seed: int = 0) -> NDArray[np.float32]:
@@ -44,98 +42,6 @@ def unit_vectors(n: int, seed: int = 0) -> NDArray[np.float32]:
     v = rng.standard_normal((n, DIM)).astype(np.float32)
     out: NDArray[np.float32] = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
     return out
-
-
-def outcome(store: VectorStore, value: Any) -> tuple[str, Any]:
-    """What a store does with ``value`` as a filterable field: refuse it, or store it
-    and answer ``get`` and an equality filter on it."""
-    store.create_schema(SCHEMA)
-    vectors = unit_vectors(3, seed=11)
-    others = [Record(f"o{i}", vectors[i], {"value": f"other-{i}"}) for i in range(2)]
-    store.upsert(others)
-    try:
-        store.upsert([Record("odd", vectors[2], {"value": value, "label": "odd"})])
-    except ConfigurationError as exc:
-        assert "'odd'" in str(exc) and "'value'" in str(exc)  # names the record and the field
-        assert {r.id for r in store.get(["odd", "o0", "o1"])} == {"o0", "o1"}  # nothing written
-        return ("refused", None)
-    got = dict(store.get(["odd"])[0].metadata)["value"]
-    found = [h.id for h in store.search(vectors[2], 3, {"value": value})[0]]
-    in_list = [h.id for h in store.search(vectors[2], 3, {"value": [value, "nothing"]})[0]]
-    return ("stored", (repr(got), type(got).__name__, found, in_list))
-
-
-# -- odd values: every store gives the same answer -------------------------------------------
-REFUSED = [
-    pytest.param("a\x00b", id="nul-in-string"),
-    pytest.param("\x00", id="only-nul"),
-    pytest.param(INT64_MAX + 1, id="int64-max+1"),
-    pytest.param(INT64_MIN - 1, id="int64-min-1"),
-    pytest.param(10**30, id="huge-int"),
-    pytest.param(float("nan"), id="nan"),
-    pytest.param(float("inf"), id="inf"),
-    pytest.param(float("-inf"), id="-inf"),
-    pytest.param("lone \ud800 surrogate", id="lone-surrogate"),
-]
-
-
-@pytest.mark.parametrize("value", REFUSED)
-def test_values_no_store_can_filter_on_are_refused_at_insert(store: VectorStore, value: Any) -> None:
-    assert outcome(store, value) == ("refused", None)
-
-
-@pytest.mark.parametrize("value", REFUSED)
-def test_refused_values_are_refused_in_filters_too(store: VectorStore, value: Any) -> None:
-    store.create_schema(SCHEMA)
-    store.upsert([Record("a", unit_vectors(1)[0], {"value": "x"})])
-    with pytest.raises(ConfigurationError, match="'value'"):
-        store.search(unit_vectors(1)[0], 1, {"value": value})
-
-
-@pytest.mark.parametrize(
-    "value",
-    [INT64_MAX, INT64_MIN, 2**53 + 1, -(2**53) - 1, 5e-324, 1.7976931348623157e308, -0.0, 0.1,
-     "\x01\x1f control", "tab\tnewline\n", "\u2028 \ufeff \U0001f41f", ""],
-)
-def test_edge_values_are_stored_and_found(store: VectorStore, value: Any) -> None:
-    got = outcome(store, value)
-    assert got == ("stored", (repr(value), type(value).__name__, ["odd"], ["odd"]))
-
-
-def test_refused_value_in_a_batch_writes_nothing(store: VectorStore) -> None:
-    store.create_schema(SCHEMA)
-    vectors = unit_vectors(3)
-    batch = [Record("a", vectors[0], {"label": "ok"}), Record("b", vectors[1], {"label": "bad\x00"})]
-    with pytest.raises(ConfigurationError, match=r"'b'.*'label'.*NUL"):
-        store.upsert(batch)
-    assert store.count() == 0
-
-
-METADATA_VALUES = st.one_of(
-    st.text(alphabet=st.characters(codec="utf-8"), max_size=12),  # NUL included, surrogates not
-    st.text(alphabet=st.characters(), max_size=4),  # may hold lone surrogates
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([INT64_MAX, INT64_MAX + 1, INT64_MIN, INT64_MIN - 1]),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-)
-
-
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(value=METADATA_VALUES)
-def test_property_every_store_answers_like_the_reference(
-    store_factory: Callable[[], VectorStore], value: Any
-) -> None:
-    """Any value is either refused by every store at insert, or stored, read back with its
-    type and found by an equality filter in every store, exactly as InMemoryStore does."""
-    reference = outcome(InMemoryStore(), value)
-    assert outcome(store_factory(), value) == reference
-    if reference[0] == "stored":
-        assert reference[1][2] == ["odd"] and reference[1][3] == ["odd"]
 
 
 # -- the facade: merge on re-index, explicit replace and drop ----------------------------------
