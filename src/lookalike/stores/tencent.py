@@ -2,7 +2,8 @@
 
 This is the only module that imports ``tcvectordb``, and it does so only when a store is
 built, so ``import lookalike.stores`` stays light. Every SDK / ``requests`` exception is
-translated into :mod:`lookalike.errors` at one boundary (``TencentVectorStore._translate``),
+translated into :mod:`lookalike.errors` at one boundary (``TencentVectorStore._translate``,
+applying the table in :mod:`._tencent_errors`),
 with the API key scrubbed from every message.
 
 How records are kept (one document per record):
@@ -38,18 +39,27 @@ from urllib.parse import urlsplit
 import numpy as np
 from numpy.typing import NDArray
 
+from .._checks import optional_import
 from ..errors import (
     ConfigurationError,
     ImageSearchError,
-    MissingDependencyError,
     SchemaMismatchError,
-    StoreConnectionError,
     StoreError,
-    StoreTimeoutError,
 )
 from ..filters import NormalizedFilter, normalize_filter
 from ..types import Filter, Hit, MetadataValue, Record, Schema
 from ._common import check_same_schema, check_search_args, require_schema, validate_records
+from ._tencent_errors import (
+    BACKEND,
+    KEY_ENV,
+    NOT_EXIST,
+    Failure,
+    describe,
+    is_transient,
+    leaks,
+    scrub,
+    translate,
+)
 
 __all__ = [
     "KEY_ENV",
@@ -64,7 +74,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KEY_ENV = "TENCENT_VECTORDB_KEY"
 URL_ENV = "TENCENT_VECTORDB_URL"
 USERNAME_ENV = "TENCENT_VECTORDB_USERNAME"
 
@@ -82,11 +91,8 @@ _DESCRIPTION_VERSION = 1
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}\Z")
 _UNSAFE_IN_FILTER = re.compile(r'["\\\x00-\x1f\x7f]')
-_CREDENTIAL_RE = re.compile(r"(api_key=|password=|Bearer\s+)[^\s&'\",;}]+", re.IGNORECASE)
-_NOT_EXIST = {15301: "database", 15302: "collection"}
-_RETRY_STATUS = {429, 500, 502, 503, 504}
 _CONSISTENCY = {"eventual": "EVENTUAL_CONSISTENCY", "strong": "STRONG_CONSISTENCY"}
-_BACKEND = "TencentVectorStore"
+_BACKEND = BACKEND
 
 T = TypeVar("T")
 
@@ -240,145 +246,33 @@ class TencentVectorStore:
 
     # -- the one error boundary ------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        """``text`` without the key, credentials in URLs/headers, or the SDK's boilerplate."""
-        key = self._key.reveal()
-        if key:
-            text = text.replace(key, "***")
-        text = _CREDENTIAL_RE.sub(r"\1***", text)
-        return text.split("Possible Reasons:", 1)[0].strip()
-
-    def _leaks(self, exc: BaseException) -> bool:
-        """True when the exception chain would show the key (then it is not kept as cause)."""
-        key = self._key.reveal()
-        seen: set[int] = set()
-        current: BaseException | None = exc
-        while current is not None and id(current) not in seen:
-            seen.add(id(current))
-            try:
-                text = f"{current!s} {current!r} {current.args!r}"
-            except Exception:
-                return True
-            if key in text:
-                return True
-            current = current.__cause__ or current.__context__
-        return False
-
-    def _translated(self, action: str, exc: Exception, attempts: int = 1) -> ImageSearchError:
-        """The lookalike error for an SDK / requests exception raised during ``action``."""
-        import requests
-
-        sdk_errors = self._sdk.exceptions
-        where = self._where
-        detail = self._scrub(_describe(exc))
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
-        code = getattr(exc, "code", None)
-        code = code if isinstance(code, int) else None
-        if isinstance(exc, (requests.exceptions.Timeout, TimeoutError)) or (
-            isinstance(exc, sdk_errors.ConnectError) and "timed out" in detail.lower()
-        ):
-            return StoreTimeoutError(
-                f"{where}: {action} timed out{tries} (timeout={self.timeout:g}s): {detail}. "
-                "Raise timeout= or check the network.",
-                backend=_BACKEND,
-            )
-        if isinstance(
-            exc,
-            (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-                sdk_errors.ConnectError,
-                sdk_errors.NoConnectError,
-                ConnectionError,
-            ),
-        ):
-            return StoreConnectionError(
-                f"{where}: cannot reach the service during {action}{tries}: {detail}. Check the "
-                "URL, that the instance is running and that its allow-list admits this machine.",
-                backend=_BACKEND,
-            )
-        if isinstance(
-            exc,
-            (
-                requests.exceptions.InvalidURL,
-                requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema,
-                requests.exceptions.URLRequired,
-                requests.exceptions.InvalidHeader,
-                requests.exceptions.InvalidProxyURL,
-            ),
-        ):
-            return ConfigurationError(f"{where}: invalid URL or header for {action}: {detail}")
-        if isinstance(exc, requests.exceptions.InvalidJSONError):
-            return ConfigurationError(
-                f"{where}: {action}: a value cannot be sent as JSON: {detail}"
-            )
-        if isinstance(exc, sdk_errors.VectorDBException):
-            lowered = detail.lower()
-            if code in (401, 403) or any(
-                w in lowered for w in ("unauthori", "auth fail", "forbidden")
-            ):
-                return ConfigurationError(
-                    f"{where}: the service refused the credentials of user {self.username!r} "
-                    f"during {action}: {detail}. Check the username and {KEY_ENV}."
-                )
-            if code in _NOT_EXIST:
-                return StoreError(
-                    f"{where}: the {_NOT_EXIST[code]} does not exist ({action}): {detail}. "
-                    "Call create_schema() (or ImageSearchIndex.create_schema()) first.",
-                    backend=_BACKEND,
-                    code=code,
-                )
-            if isinstance(exc, sdk_errors.ParamError):
-                return ConfigurationError(f"{where}: {action}: invalid parameter: {detail}")
-            if code in (502, 503, 504):
-                return StoreConnectionError(
-                    f"{where}: the service is unavailable (HTTP {code}) during {action}{tries}: "
-                    f"{detail}",
-                    backend=_BACKEND,
-                    code=code,
-                )
-            return StoreError(
-                f"{where}: {action} failed{tries}: {detail}", backend=_BACKEND, code=code
-            )
-        return StoreError(
-            f"{where}: {action} failed{tries}: {type(exc).__name__}: {detail}",
-            backend=_BACKEND,
-            code=code,
-        )
+        return scrub(text, self._key.reveal())
 
     @contextlib.contextmanager
     def _translate(self, action: str, attempts: int = 1) -> Iterator[None]:
-        """The boundary: any exception raised inside leaves as a :mod:`lookalike.errors` one."""
+        """The boundary: any exception raised inside leaves as a :mod:`lookalike.errors` one,
+        chosen by the table in :mod:`._tencent_errors`, with the key scrubbed."""
         try:
             yield
         except ImageSearchError:
             raise
         except Exception as exc:
-            error = self._translated(action, exc, attempts)
-            if getattr(error, "code", None) in _NOT_EXIST:
+            code = getattr(exc, "code", None)
+            failure = Failure(
+                where=self._where,
+                action=action,
+                detail=self._scrub(describe(exc)),
+                tries=f" after {attempts} attempts" if attempts > 1 else "",
+                code=code if isinstance(code, int) else None,
+                timeout=self.timeout,
+                username=self.username,
+            )
+            error = translate(self._sdk, exc, failure)
+            if getattr(error, "code", None) in NOT_EXIST:
                 self._schema = None  # dropped behind our back: create_schema() recreates it
-            if self._leaks(exc):
+            if leaks(exc, self._key.reveal()):
                 raise error from None
             raise error from exc
-
-    def _is_transient(self, exc: Exception) -> bool:
-        import requests
-
-        sdk_errors = self._sdk.exceptions
-        if isinstance(
-            exc,
-            (
-                requests.exceptions.Timeout,
-                requests.exceptions.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-                sdk_errors.ConnectError,
-                sdk_errors.NoConnectError,
-                ConnectionError,
-                TimeoutError,
-            ),
-        ):
-            return True
-        return isinstance(exc, sdk_errors.ServerInternalError) and exc.code in _RETRY_STATUS
 
     def _call(self, action: str, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)``, retrying transient failures; translate whatever escapes."""
@@ -391,7 +285,7 @@ class TencentVectorStore:
             except ImageSearchError:
                 raise
             except Exception as exc:
-                if attempt < self.retries and self._is_transient(exc):
+                if attempt < self.retries and is_transient(self._sdk, exc):
                     delay = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(
                         0.5, 1.0
                     )
@@ -399,7 +293,7 @@ class TencentVectorStore:
                         "%s: %s failed (%s); retry %d of %d in %.2fs",
                         self._where,
                         action,
-                        self._scrub(_describe(exc))[:200],
+                        self._scrub(describe(exc))[:200],
                         attempt + 1,
                         self.retries,
                         delay,
@@ -494,7 +388,7 @@ class TencentVectorStore:
             try:
                 return client.describe_collection(self.database, self.collection)
             except sdk_errors.ServerInternalError as exc:
-                if exc.code in _NOT_EXIST:
+                if exc.code in NOT_EXIST:
                     return None
                 raise
 
@@ -696,12 +590,9 @@ class TencentVectorStore:
 
 # -- helpers ---------------------------------------------------------------------------------
 def _import_sdk() -> Any:
-    try:
-        import tcvectordb
-        import tcvectordb.exceptions
-    except ImportError as exc:
-        raise MissingDependencyError("tcvectordb", "tencent", "TencentVectorStore") from exc
-    return tcvectordb
+    sdk = optional_import("tcvectordb", extra="tencent", feature="TencentVectorStore")
+    optional_import("tcvectordb.exceptions", extra="tencent", feature="TencentVectorStore", package="tcvectordb")
+    return sdk
 
 
 def _check_url(url: str) -> str:
@@ -736,15 +627,6 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
     ):
         bounds = f"between {low} and {high}" if high else f">= {low}"
         raise ConfigurationError(f"{name} must be an integer {bounds}, got {value!r}")
-
-
-def _describe(exc: BaseException) -> str:
-    message = getattr(exc, "message", None)
-    try:
-        text = message if isinstance(message, str) and message else str(exc)
-    except Exception:  # some exceptions cannot even print themselves
-        text = ""
-    return " ".join(text.split()) or type(exc).__name__
 
 
 def wire_vectors(matrix: NDArray[np.float32]) -> list[list[float]]:
