@@ -26,7 +26,7 @@ def test_ann_options_refuse_what_is_not_a_positive_int(tmp_path: Path, name: str
 
 
 def test_ann_options_take_numpy_integers(tmp_path: Path) -> None:
-    with LocalStore(tmp_path / "a.lookalike", ann_threshold=np.int64(5), ann_nprobe=np.int32(2)) as store:
+    with LocalStore(tmp_path / "a.lookalike", ann_threshold=np.int64(5), ann_nprobe=np.int32(2)) as store:  # type: ignore[arg-type]
         assert (store.ann_threshold, store.ann_nprobe) == (5, 2)
         assert type(store.ann_threshold) is int
 
