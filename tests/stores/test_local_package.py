@@ -59,3 +59,17 @@ def test_get_and_delete_cross_the_in_chunk_boundary(tmp_path: Path) -> None:
 def test_the_old_module_path_still_names_the_store() -> None:
     assert store_module.LocalStore is LocalStore
     assert LocalStore.__module__ == "lookalike.stores.local.store"
+
+
+def test_each_store_opens_from_its_url_as_the_registry_does(tmp_path: Path) -> None:
+    from lookalike.registry import open_store
+    from lookalike.stores import InMemoryStore
+
+    path = tmp_path / "sub" / "a.lookalike"
+    for url in (str(path), f"local:{path}"):
+        with LocalStore.from_url(url, ann_threshold=7) as store, open_store(url, ann_threshold=7) as same:  # type: ignore[attr-defined]
+            assert (store.path, store.ann_threshold) == (same.path, same.ann_threshold) == (path, 7)
+    assert isinstance(InMemoryStore.from_url("memory:"), InMemoryStore)
+    assert InMemoryStore.from_url("memory").count() == 0
+    with pytest.raises(ConfigurationError, match="memory:"):
+        InMemoryStore.from_url("memory:/x")

@@ -722,3 +722,22 @@ def test_error_table_rows_apply_in_order(make_store: Callable[..., TencentVector
         raise exc.ParamError(code=401, message="bad")
     assert is_transient(store._sdk, exc.ServerInternalError(code=503, message="x"))
     assert not is_transient(store._sdk, exc.ServerInternalError(code=400, message="x"))
+
+
+def test_from_url_opens_what_the_registry_opens(server: FakeTencentServer) -> None:
+    from lookalike.registry import open_store
+
+    host = server.url.removeprefix("http://")
+    url = f"tencent://root@{host}/url{next(_names)}/gallery"
+    store = TencentVectorStore.from_url(url, key=TENCENT_KEY, timeout=5)
+    same = open_store(url, key=TENCENT_KEY, timeout=5)
+    assert repr(store) == repr(same)
+    assert (store.database, store.collection, store.username) == (same.database, same.collection, "root")  # type: ignore[attr-defined]
+    store.create_schema(SCHEMA)
+    assert same.describe() == SCHEMA
+    store.close()
+    same.close()
+    for bad in (f"tencent://root:{TENCENT_KEY}@{host}/db/c", f"tencent://{host}/only-db", f"http://{host}/db/c"):
+        with pytest.raises(ConfigurationError) as info:
+            TencentVectorStore.from_url(bad, key=TENCENT_KEY)
+        assert TENCENT_KEY not in str(info.value)

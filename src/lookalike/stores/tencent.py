@@ -22,19 +22,17 @@ identity, metric, fields), so a store made by another embedder is refused.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,9 +44,17 @@ from ..errors import (
     SchemaMismatchError,
     StoreError,
 )
-from ..filters import NormalizedFilter, normalize_filter
-from ..types import Filter, Hit, MetadataValue, Record, Schema
+from ..filters import normalize_filter
+from ..types import Filter, Hit, Record, Schema
 from ._common import check_same_schema, check_search_args, require_schema, validate_records
+from ._tencent_documents import (
+    META_FIELD,
+    document_metadata,
+    document_record,
+    filter_expression,
+    filter_token,
+    wire_vectors,
+)
 from ._tencent_errors import (
     BACKEND,
     KEY_ENV,
@@ -84,13 +90,10 @@ MAX_IDS_PER_REQUEST = 20
 _MAX_EF = 32768
 _SCAN_PAGE = 1000
 
-#: Document field holding the record's metadata as JSON.
-META_FIELD = "lookalike_meta"
 _DESCRIPTION_KEY = "lookalike"
 _DESCRIPTION_VERSION = 1
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}\Z")
-_UNSAFE_IN_FILTER = re.compile(r'["\\\x00-\x1f\x7f]')
 _CONSISTENCY = {"eventual": "EVENTUAL_CONSISTENCY", "strong": "STRONG_CONSISTENCY"}
 _BACKEND = BACKEND
 
@@ -212,6 +215,29 @@ class TencentVectorStore:
         self._schema: Schema | None = None
         self._client: Any = None
         self._client = self._connect(ca_cert, pool_size)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> TencentVectorStore:
+        """The store a ``tencent://[USER@]HOST:PORT/DATABASE/COLLECTION`` URL names
+        (``tencents://`` for HTTPS); the key comes from ``options`` or ``TENCENT_VECTORDB_KEY``,
+        never from the URL."""
+        parts = urlsplit(url)
+        segments = [unquote(s) for s in parts.path.split("/") if s]
+        if parts.scheme not in ("tencent", "tencents") or not parts.hostname or len(segments) != 2:
+            raise ConfigurationError(
+                "Tencent store URL must look like tencent://HOST:PORT/DATABASE/COLLECTION"
+            )
+        if parts.password:
+            raise ConfigurationError(
+                f"do not put the API key in the store URL; set {KEY_ENV} instead"
+            )
+        scheme = "https" if parts.scheme == "tencents" else "http"
+        port = f":{parts.port}" if parts.port else ""
+        kwargs: dict[str, Any] = {"database": segments[0], "collection": segments[1]}
+        if parts.username:
+            kwargs["username"] = unquote(parts.username)
+        kwargs.update(options)
+        return cls(f"{scheme}://{parts.hostname}{port}", **kwargs)
 
     def __repr__(self) -> str:
         return (
@@ -499,7 +525,7 @@ class TencentVectorStore:
                 )
             for hits in answer:
                 results.append(
-                    [Hit.from_metadata(str(h["id"]), float(h["score"]), _metadata(h)) for h in hits]
+                    [Hit.from_metadata(str(h["id"]), float(h["score"]), document_metadata(h)) for h in hits]
                 )
         return results
 
@@ -514,7 +540,7 @@ class TencentVectorStore:
                 "get", "query", document_ids=chunk, retrieve_vector=True, limit=len(chunk)
             )
             for doc in docs or []:
-                record = _record(doc)
+                record = document_record(doc)
                 found[record.id] = record
         return [found[i] for i in wanted if i in found]
 
@@ -558,7 +584,7 @@ class TencentVectorStore:
             docs = list(docs or [])
             batch = []
             for doc in docs:
-                record = _record(doc)
+                record = document_record(doc)
                 if record.id not in seen:
                     seen.add(record.id)
                     batch.append(record)
@@ -627,73 +653,3 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
     ):
         bounds = f"between {low} and {high}" if high else f">= {low}"
         raise ConfigurationError(f"{name} must be an integer {bounds}, got {value!r}")
-
-
-def wire_vectors(matrix: NDArray[np.float32]) -> list[list[float]]:
-    """Rows as plain Python floats with at most 9 significant digits.
-
-    Nine digits always round-trip a float32 exactly, and the JSON is about 40% smaller than
-    ``tolist()`` of float64 values.
-    """
-    m = np.asarray(matrix, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        exponent = np.floor(np.log10(np.abs(m)))
-    exponent[~np.isfinite(exponent)] = 0
-    scale = 10.0 ** (8 - exponent)
-    rounded: list[list[float]] = (np.round(m * scale) / scale).tolist()
-    return rounded
-
-
-def filter_token(value: MetadataValue) -> str:
-    """The string stored in a filter index (and compared in filters) for a metadata value.
-
-    Strings are kept as they are unless they start with ``#`` (then ``#`` is doubled) or hold
-    a double quote, backslash or control character (then ``#s:`` + URL-safe base64 of the
-    UTF-8). Numbers become ``#n:<number>`` (``1`` and ``1.0`` alike), booleans ``#b:true`` /
-    ``#b:false``. The mapping is one-to-one and its output never needs escaping.
-    """
-    if isinstance(value, bool):
-        return "#b:true" if value else "#b:false"
-    if isinstance(value, int):
-        return f"#n:{int(value)}"
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer():
-            return f"#n:{int(value)}"
-        return f"#n:{float(value)!r}"
-    text = str(value)
-    if _UNSAFE_IN_FILTER.search(text):
-        return "#s:" + base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
-    if text.startswith("#"):
-        return "#" + text
-    return text
-
-
-def filter_expression(filter: NormalizedFilter | None) -> str:
-    """Our filter form as the service's expression, e.g. ``label in ("cat", "dog") and path = "x"``."""
-    if not filter:
-        return ""
-    clauses = []
-    for name, values in filter.items():
-        tokens = list(dict.fromkeys(filter_token(v) for v in values))
-        quoted = [f'"{t}"' for t in tokens]  # tokens never contain '"' or '\\'
-        clauses.append(
-            f"{name} = {quoted[0]}" if len(quoted) == 1 else f"{name} in ({', '.join(quoted)})"
-        )
-    return " and ".join(clauses)
-
-
-def _metadata(doc: Mapping[str, Any]) -> dict[str, Any]:
-    raw = doc.get(META_FIELD)
-    if isinstance(raw, str):
-        try:
-            meta = json.loads(raw)
-        except ValueError:
-            meta = None
-        if isinstance(meta, dict):
-            return meta
-    return {k: v for k, v in doc.items() if k not in ("id", "vector", "score", META_FIELD)}
-
-
-def _record(doc: Mapping[str, Any]) -> Record:
-    vector = np.asarray(doc.get("vector") or [], dtype=np.float32)
-    return Record(str(doc["id"]), vector, _metadata(doc))

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -103,6 +104,12 @@ class LocalStore:
         self._immutable = opened.immutable
         self._uuid = opened.uuid
         self._conn = opened.conn
+
+    @classmethod
+    def from_url(cls, url: str | os.PathLike[str], **options: Any) -> LocalStore:
+        """The store at a path, written as it is or as ``local:PATH``."""
+        text = os.fspath(url)
+        return cls(text[len("local:") :] if text.startswith("local:") else text, **options)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.path)!r})"
