@@ -16,7 +16,7 @@ import pytest
 from lookalike.cli import main
 from lookalike.errors import ConfigurationError, StoreConnectionError, StoreCorruptError
 from lookalike.stores import InMemoryStore, LocalStore
-from lookalike.stores import local as local_module
+from lookalike.stores.local import _tombstones as local_module
 from lookalike.stores.transfer import copy_store
 from lookalike.types import Record, Schema
 

@@ -707,3 +707,37 @@ def test_cli_reaches_tencent_with_key_from_environment(
     assert main(["info", "--store", spec]) != 0
     err = capsys.readouterr().err
     assert KEY_ENV in err and TENCENT_KEY not in err
+
+
+def test_error_table_rows_apply_in_order(make_store: Callable[..., TencentVectorStore]) -> None:
+    # a ConnectError that says it timed out is a timeout (row 2 before row 3); a ParamError
+    # with an auth code is a credentials problem (the auth row before the ParamError row)
+    from lookalike.stores._tencent_errors import is_transient
+
+    store = make_store()
+    exc = tcvectordb.exceptions
+    with pytest.raises(StoreTimeoutError, match="timed out"), store._translate("testing"):
+        raise exc.ConnectError(message="Read timed out. (read timeout=1)")
+    with pytest.raises(ConfigurationError, match="refused the credentials"), store._translate("testing"):
+        raise exc.ParamError(code=401, message="bad")
+    assert is_transient(store._sdk, exc.ServerInternalError(code=503, message="x"))
+    assert not is_transient(store._sdk, exc.ServerInternalError(code=400, message="x"))
+
+
+def test_from_url_opens_what_the_registry_opens(server: FakeTencentServer) -> None:
+    from lookalike.registry import open_store
+
+    host = server.url.removeprefix("http://")
+    url = f"tencent://root@{host}/url{next(_names)}/gallery"
+    store = TencentVectorStore.from_url(url, key=TENCENT_KEY, timeout=5)
+    same = open_store(url, key=TENCENT_KEY, timeout=5)
+    assert repr(store) == repr(same)
+    assert (store.database, store.collection, store.username) == (same.database, same.collection, "root")  # type: ignore[attr-defined]
+    store.create_schema(SCHEMA)
+    assert same.describe() == SCHEMA
+    store.close()
+    same.close()
+    for bad in (f"tencent://root:{TENCENT_KEY}@{host}/db/c", f"tencent://{host}/only-db", f"http://{host}/db/c"):
+        with pytest.raises(ConfigurationError) as info:
+            TencentVectorStore.from_url(bad, key=TENCENT_KEY)
+        assert TENCENT_KEY not in str(info.value)

@@ -1,5 +1,12 @@
 """Vector stores: :class:`InMemoryStore` (reference), :class:`LocalStore` (embedded default)
-and :class:`TencentVectorStore` (Tencent Cloud VectorDB, extra ``[tencent]``)."""
+and :class:`TencentVectorStore` (Tencent Cloud VectorDB, extra ``[tencent]``).
+
+A store is one module here with a class that meets :class:`~lookalike.VectorStore` (checked by
+subclassing :class:`lookalike.testing.VectorStoreContract` in a test), maps its backend's
+errors to :mod:`lookalike.errors` at one boundary, reuses the checks in ``_common`` and, to be
+named by ``--store``, has a ``from_url(url, **options)`` classmethod that
+:func:`lookalike.registry.open_store` calls for its URL scheme.
+"""
 
 from __future__ import annotations
 

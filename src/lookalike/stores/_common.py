@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._checks import positive_int, unit_rows
 from ..errors import ConfigurationError, SchemaMismatchError
 from ..filters import NormalizedFilter, matches, value_problem
 from ..types import Hit, Record, Schema
@@ -114,8 +115,10 @@ def as_float32(value: Any, what: str) -> NDArray[np.float32]:
 
 
 def check_search_args(vectors: NDArray[Any], k: int, schema: Schema) -> NDArray[np.float32]:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ConfigurationError(f"k must be a positive integer, got {k!r}")
+    """The queries as unit-length float32 rows (scores are then cosine similarity for any
+    query length, as in backends that normalise); :class:`ConfigurationError` for a bad
+    ``k``, another dim, NaN or infinity, or an all-zero query."""
+    positive_int(k, "k")
     q = as_float32(vectors, "query vector")
     if q.ndim == 1:
         q = q[None, :]
@@ -123,14 +126,7 @@ def check_search_args(vectors: NDArray[Any], k: int, schema: Schema) -> NDArray[
         raise ConfigurationError(
             f"query vectors must have shape (n, {schema.dim}), got {tuple(np.shape(vectors))}"
         )
-    if not np.isfinite(q).all():
-        raise ConfigurationError("query vector contains NaN or infinity")
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ConfigurationError("query vector is all zeros: it has no direction to compare")
-    # Scores are cosine similarity for any query length, as in backends that normalise.
-    unit: NDArray[np.float32] = (q / norms).astype(np.float32, copy=False)
-    return unit
+    return unit_rows(q, "query vectors")
 
 
 def top_k(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import ConfigurationError
 from ..filters import normalize_filter
 from ..types import Filter, Hit, Record, Schema
 from ._common import (
@@ -35,6 +37,13 @@ class InMemoryStore:
         self._schema: Schema | None = None
         self._index: ExactIndex | None = None
         self._lock = threading.RLock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> InMemoryStore:
+        """A new empty store for ``memory:`` (options, meant for other stores, are ignored)."""
+        if url not in ("memory", "memory:"):
+            raise ConfigurationError(f"an in-memory store is named 'memory:', not {url!r}")
+        return cls()
 
     def __repr__(self) -> str:
         return f"InMemoryStore(count={self.count()})"

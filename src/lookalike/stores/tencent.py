@@ -2,7 +2,8 @@
 
 This is the only module that imports ``tcvectordb``, and it does so only when a store is
 built, so ``import lookalike.stores`` stays light. Every SDK / ``requests`` exception is
-translated into :mod:`lookalike.errors` at one boundary (``TencentVectorStore._translate``),
+translated into :mod:`lookalike.errors` at one boundary (``TencentVectorStore._translate``,
+applying the table in :mod:`._tencent_errors`),
 with the API key scrubbed from every message.
 
 How records are kept (one document per record):
@@ -21,35 +22,50 @@ identity, metric, fields), so a store made by another embedder is refused.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._checks import optional_import
 from ..errors import (
     ConfigurationError,
     ImageSearchError,
-    MissingDependencyError,
     SchemaMismatchError,
-    StoreConnectionError,
     StoreError,
-    StoreTimeoutError,
 )
-from ..filters import NormalizedFilter, normalize_filter
-from ..types import Filter, Hit, MetadataValue, Record, Schema
+from ..filters import normalize_filter
+from ..types import Filter, Hit, Record, Schema
 from ._common import check_same_schema, check_search_args, require_schema, validate_records
+from ._tencent_documents import (
+    META_FIELD,
+    document_metadata,
+    document_record,
+    filter_expression,
+    filter_token,
+    wire_vectors,
+)
+from ._tencent_errors import (
+    BACKEND,
+    KEY_ENV,
+    NOT_EXIST,
+    Failure,
+    describe,
+    is_transient,
+    leaks,
+    scrub,
+    translate,
+)
 
 __all__ = [
     "KEY_ENV",
@@ -64,7 +80,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KEY_ENV = "TENCENT_VECTORDB_KEY"
 URL_ENV = "TENCENT_VECTORDB_URL"
 USERNAME_ENV = "TENCENT_VECTORDB_USERNAME"
 
@@ -75,18 +90,12 @@ MAX_IDS_PER_REQUEST = 20
 _MAX_EF = 32768
 _SCAN_PAGE = 1000
 
-#: Document field holding the record's metadata as JSON.
-META_FIELD = "lookalike_meta"
 _DESCRIPTION_KEY = "lookalike"
 _DESCRIPTION_VERSION = 1
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}\Z")
-_UNSAFE_IN_FILTER = re.compile(r'["\\\x00-\x1f\x7f]')
-_CREDENTIAL_RE = re.compile(r"(api_key=|password=|Bearer\s+)[^\s&'\",;}]+", re.IGNORECASE)
-_NOT_EXIST = {15301: "database", 15302: "collection"}
-_RETRY_STATUS = {429, 500, 502, 503, 504}
 _CONSISTENCY = {"eventual": "EVENTUAL_CONSISTENCY", "strong": "STRONG_CONSISTENCY"}
-_BACKEND = "TencentVectorStore"
+_BACKEND = BACKEND
 
 T = TypeVar("T")
 
@@ -207,6 +216,29 @@ class TencentVectorStore:
         self._client: Any = None
         self._client = self._connect(ca_cert, pool_size)
 
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> TencentVectorStore:
+        """The store a ``tencent://[USER@]HOST:PORT/DATABASE/COLLECTION`` URL names
+        (``tencents://`` for HTTPS); the key comes from ``options`` or ``TENCENT_VECTORDB_KEY``,
+        never from the URL."""
+        parts = urlsplit(url)
+        segments = [unquote(s) for s in parts.path.split("/") if s]
+        if parts.scheme not in ("tencent", "tencents") or not parts.hostname or len(segments) != 2:
+            raise ConfigurationError(
+                "Tencent store URL must look like tencent://HOST:PORT/DATABASE/COLLECTION"
+            )
+        if parts.password:
+            raise ConfigurationError(
+                f"do not put the API key in the store URL; set {KEY_ENV} instead"
+            )
+        scheme = "https" if parts.scheme == "tencents" else "http"
+        port = f":{parts.port}" if parts.port else ""
+        kwargs: dict[str, Any] = {"database": segments[0], "collection": segments[1]}
+        if parts.username:
+            kwargs["username"] = unquote(parts.username)
+        kwargs.update(options)
+        return cls(f"{scheme}://{parts.hostname}{port}", **kwargs)
+
     def __repr__(self) -> str:
         return (
             f"TencentVectorStore({self.url!r}, database={self.database!r}, "
@@ -240,145 +272,33 @@ class TencentVectorStore:
 
     # -- the one error boundary ------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        """``text`` without the key, credentials in URLs/headers, or the SDK's boilerplate."""
-        key = self._key.reveal()
-        if key:
-            text = text.replace(key, "***")
-        text = _CREDENTIAL_RE.sub(r"\1***", text)
-        return text.split("Possible Reasons:", 1)[0].strip()
-
-    def _leaks(self, exc: BaseException) -> bool:
-        """True when the exception chain would show the key (then it is not kept as cause)."""
-        key = self._key.reveal()
-        seen: set[int] = set()
-        current: BaseException | None = exc
-        while current is not None and id(current) not in seen:
-            seen.add(id(current))
-            try:
-                text = f"{current!s} {current!r} {current.args!r}"
-            except Exception:
-                return True
-            if key in text:
-                return True
-            current = current.__cause__ or current.__context__
-        return False
-
-    def _translated(self, action: str, exc: Exception, attempts: int = 1) -> ImageSearchError:
-        """The lookalike error for an SDK / requests exception raised during ``action``."""
-        import requests
-
-        sdk_errors = self._sdk.exceptions
-        where = self._where
-        detail = self._scrub(_describe(exc))
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
-        code = getattr(exc, "code", None)
-        code = code if isinstance(code, int) else None
-        if isinstance(exc, (requests.exceptions.Timeout, TimeoutError)) or (
-            isinstance(exc, sdk_errors.ConnectError) and "timed out" in detail.lower()
-        ):
-            return StoreTimeoutError(
-                f"{where}: {action} timed out{tries} (timeout={self.timeout:g}s): {detail}. "
-                "Raise timeout= or check the network.",
-                backend=_BACKEND,
-            )
-        if isinstance(
-            exc,
-            (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-                sdk_errors.ConnectError,
-                sdk_errors.NoConnectError,
-                ConnectionError,
-            ),
-        ):
-            return StoreConnectionError(
-                f"{where}: cannot reach the service during {action}{tries}: {detail}. Check the "
-                "URL, that the instance is running and that its allow-list admits this machine.",
-                backend=_BACKEND,
-            )
-        if isinstance(
-            exc,
-            (
-                requests.exceptions.InvalidURL,
-                requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema,
-                requests.exceptions.URLRequired,
-                requests.exceptions.InvalidHeader,
-                requests.exceptions.InvalidProxyURL,
-            ),
-        ):
-            return ConfigurationError(f"{where}: invalid URL or header for {action}: {detail}")
-        if isinstance(exc, requests.exceptions.InvalidJSONError):
-            return ConfigurationError(
-                f"{where}: {action}: a value cannot be sent as JSON: {detail}"
-            )
-        if isinstance(exc, sdk_errors.VectorDBException):
-            lowered = detail.lower()
-            if code in (401, 403) or any(
-                w in lowered for w in ("unauthori", "auth fail", "forbidden")
-            ):
-                return ConfigurationError(
-                    f"{where}: the service refused the credentials of user {self.username!r} "
-                    f"during {action}: {detail}. Check the username and {KEY_ENV}."
-                )
-            if code in _NOT_EXIST:
-                return StoreError(
-                    f"{where}: the {_NOT_EXIST[code]} does not exist ({action}): {detail}. "
-                    "Call create_schema() (or ImageSearchIndex.create_schema()) first.",
-                    backend=_BACKEND,
-                    code=code,
-                )
-            if isinstance(exc, sdk_errors.ParamError):
-                return ConfigurationError(f"{where}: {action}: invalid parameter: {detail}")
-            if code in (502, 503, 504):
-                return StoreConnectionError(
-                    f"{where}: the service is unavailable (HTTP {code}) during {action}{tries}: "
-                    f"{detail}",
-                    backend=_BACKEND,
-                    code=code,
-                )
-            return StoreError(
-                f"{where}: {action} failed{tries}: {detail}", backend=_BACKEND, code=code
-            )
-        return StoreError(
-            f"{where}: {action} failed{tries}: {type(exc).__name__}: {detail}",
-            backend=_BACKEND,
-            code=code,
-        )
+        return scrub(text, self._key.reveal())
 
     @contextlib.contextmanager
     def _translate(self, action: str, attempts: int = 1) -> Iterator[None]:
-        """The boundary: any exception raised inside leaves as a :mod:`lookalike.errors` one."""
+        """The boundary: any exception raised inside leaves as a :mod:`lookalike.errors` one,
+        chosen by the table in :mod:`._tencent_errors`, with the key scrubbed."""
         try:
             yield
         except ImageSearchError:
             raise
         except Exception as exc:
-            error = self._translated(action, exc, attempts)
-            if getattr(error, "code", None) in _NOT_EXIST:
+            code = getattr(exc, "code", None)
+            failure = Failure(
+                where=self._where,
+                action=action,
+                detail=self._scrub(describe(exc)),
+                tries=f" after {attempts} attempts" if attempts > 1 else "",
+                code=code if isinstance(code, int) else None,
+                timeout=self.timeout,
+                username=self.username,
+            )
+            error = translate(self._sdk, exc, failure)
+            if getattr(error, "code", None) in NOT_EXIST:
                 self._schema = None  # dropped behind our back: create_schema() recreates it
-            if self._leaks(exc):
+            if leaks(exc, self._key.reveal()):
                 raise error from None
             raise error from exc
-
-    def _is_transient(self, exc: Exception) -> bool:
-        import requests
-
-        sdk_errors = self._sdk.exceptions
-        if isinstance(
-            exc,
-            (
-                requests.exceptions.Timeout,
-                requests.exceptions.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-                sdk_errors.ConnectError,
-                sdk_errors.NoConnectError,
-                ConnectionError,
-                TimeoutError,
-            ),
-        ):
-            return True
-        return isinstance(exc, sdk_errors.ServerInternalError) and exc.code in _RETRY_STATUS
 
     def _call(self, action: str, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)``, retrying transient failures; translate whatever escapes."""
@@ -391,7 +311,7 @@ class TencentVectorStore:
             except ImageSearchError:
                 raise
             except Exception as exc:
-                if attempt < self.retries and self._is_transient(exc):
+                if attempt < self.retries and is_transient(self._sdk, exc):
                     delay = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(
                         0.5, 1.0
                     )
@@ -399,7 +319,7 @@ class TencentVectorStore:
                         "%s: %s failed (%s); retry %d of %d in %.2fs",
                         self._where,
                         action,
-                        self._scrub(_describe(exc))[:200],
+                        self._scrub(describe(exc))[:200],
                         attempt + 1,
                         self.retries,
                         delay,
@@ -494,7 +414,7 @@ class TencentVectorStore:
             try:
                 return client.describe_collection(self.database, self.collection)
             except sdk_errors.ServerInternalError as exc:
-                if exc.code in _NOT_EXIST:
+                if exc.code in NOT_EXIST:
                     return None
                 raise
 
@@ -605,7 +525,7 @@ class TencentVectorStore:
                 )
             for hits in answer:
                 results.append(
-                    [Hit.from_metadata(str(h["id"]), float(h["score"]), _metadata(h)) for h in hits]
+                    [Hit.from_metadata(str(h["id"]), float(h["score"]), document_metadata(h)) for h in hits]
                 )
         return results
 
@@ -620,7 +540,7 @@ class TencentVectorStore:
                 "get", "query", document_ids=chunk, retrieve_vector=True, limit=len(chunk)
             )
             for doc in docs or []:
-                record = _record(doc)
+                record = document_record(doc)
                 found[record.id] = record
         return [found[i] for i in wanted if i in found]
 
@@ -664,7 +584,7 @@ class TencentVectorStore:
             docs = list(docs or [])
             batch = []
             for doc in docs:
-                record = _record(doc)
+                record = document_record(doc)
                 if record.id not in seen:
                     seen.add(record.id)
                     batch.append(record)
@@ -696,12 +616,9 @@ class TencentVectorStore:
 
 # -- helpers ---------------------------------------------------------------------------------
 def _import_sdk() -> Any:
-    try:
-        import tcvectordb
-        import tcvectordb.exceptions
-    except ImportError as exc:
-        raise MissingDependencyError("tcvectordb", "tencent", "TencentVectorStore") from exc
-    return tcvectordb
+    sdk = optional_import("tcvectordb", extra="tencent", feature="TencentVectorStore")
+    optional_import("tcvectordb.exceptions", extra="tencent", feature="TencentVectorStore", package="tcvectordb")
+    return sdk
 
 
 def _check_url(url: str) -> str:
@@ -736,82 +653,3 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
     ):
         bounds = f"between {low} and {high}" if high else f">= {low}"
         raise ConfigurationError(f"{name} must be an integer {bounds}, got {value!r}")
-
-
-def _describe(exc: BaseException) -> str:
-    message = getattr(exc, "message", None)
-    try:
-        text = message if isinstance(message, str) and message else str(exc)
-    except Exception:  # some exceptions cannot even print themselves
-        text = ""
-    return " ".join(text.split()) or type(exc).__name__
-
-
-def wire_vectors(matrix: NDArray[np.float32]) -> list[list[float]]:
-    """Rows as plain Python floats with at most 9 significant digits.
-
-    Nine digits always round-trip a float32 exactly, and the JSON is about 40% smaller than
-    ``tolist()`` of float64 values.
-    """
-    m = np.asarray(matrix, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        exponent = np.floor(np.log10(np.abs(m)))
-    exponent[~np.isfinite(exponent)] = 0
-    scale = 10.0 ** (8 - exponent)
-    rounded: list[list[float]] = (np.round(m * scale) / scale).tolist()
-    return rounded
-
-
-def filter_token(value: MetadataValue) -> str:
-    """The string stored in a filter index (and compared in filters) for a metadata value.
-
-    Strings are kept as they are unless they start with ``#`` (then ``#`` is doubled) or hold
-    a double quote, backslash or control character (then ``#s:`` + URL-safe base64 of the
-    UTF-8). Numbers become ``#n:<number>`` (``1`` and ``1.0`` alike), booleans ``#b:true`` /
-    ``#b:false``. The mapping is one-to-one and its output never needs escaping.
-    """
-    if isinstance(value, bool):
-        return "#b:true" if value else "#b:false"
-    if isinstance(value, int):
-        return f"#n:{int(value)}"
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer():
-            return f"#n:{int(value)}"
-        return f"#n:{float(value)!r}"
-    text = str(value)
-    if _UNSAFE_IN_FILTER.search(text):
-        return "#s:" + base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
-    if text.startswith("#"):
-        return "#" + text
-    return text
-
-
-def filter_expression(filter: NormalizedFilter | None) -> str:
-    """Our filter form as the service's expression, e.g. ``label in ("cat", "dog") and path = "x"``."""
-    if not filter:
-        return ""
-    clauses = []
-    for name, values in filter.items():
-        tokens = list(dict.fromkeys(filter_token(v) for v in values))
-        quoted = [f'"{t}"' for t in tokens]  # tokens never contain '"' or '\\'
-        clauses.append(
-            f"{name} = {quoted[0]}" if len(quoted) == 1 else f"{name} in ({', '.join(quoted)})"
-        )
-    return " and ".join(clauses)
-
-
-def _metadata(doc: Mapping[str, Any]) -> dict[str, Any]:
-    raw = doc.get(META_FIELD)
-    if isinstance(raw, str):
-        try:
-            meta = json.loads(raw)
-        except ValueError:
-            meta = None
-        if isinstance(meta, dict):
-            return meta
-    return {k: v for k, v in doc.items() if k not in ("id", "vector", "score", META_FIELD)}
-
-
-def _record(doc: Mapping[str, Any]) -> Record:
-    vector = np.asarray(doc.get("vector") or [], dtype=np.float32)
-    return Record(str(doc["id"]), vector, _metadata(doc))

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import MissingDependencyError
+from ..._checks import optional_import
+from ...errors import MissingDependencyError
 
 __all__ = ["AnnFileError", "IvfIndex", "ann_available"]
 
@@ -39,13 +40,9 @@ class AnnFileError(Exception):
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            "faiss-cpu", "ann", "Approximate search in LocalStore"
-        ) from exc
-    return faiss
+    return optional_import(
+        "faiss", extra="ann", feature="Approximate search in LocalStore", package="faiss-cpu"
+    )
 
 
 def ann_available() -> bool:

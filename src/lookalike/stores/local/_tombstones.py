@@ -1,0 +1,64 @@
+"""The deletion log: a trigger writes a tombstone per deleted row, so readers in other
+processes catch up on deletions incrementally; the log is compacted when it grows large."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from ._ivf import AnnFileError, IvfIndex
+
+__all__ = ["compact", "max_tomb", "maybe_compact", "tomb_floor"]
+
+# Tombstones are compacted once there are this many, and more than live records: other
+# processes then resync their deletions from the rowids (see _mirror.resync_deletions).
+_TOMB_COMPACT_MIN = 100_000
+
+
+def tomb_floor(db: sqlite3.Connection) -> int:
+    """The last tombstone compacted away (readers that saw less must resync)."""
+    row = db.execute("SELECT value FROM meta WHERE key='tomb_floor'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def max_tomb(db: sqlite3.Connection) -> int:
+    top = int(db.execute("SELECT coalesce(max(seq), 0) FROM tombstones").fetchone()[0])
+    return max(top, tomb_floor(db))
+
+
+def maybe_compact(db: sqlite3.Connection, ann_path: Path, store_uuid: str) -> None:
+    """Compact the tombstones once they outnumber both the live records and a floor."""
+    pending = max_tomb(db) - tomb_floor(db)
+    if pending < _TOMB_COMPACT_MIN:
+        return
+    live = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
+    if pending > live:
+        compact(db, ann_path, store_uuid, live)
+
+
+def compact(db: sqlite3.Connection, ann_path: Path, store_uuid: str, live: int | None = None) -> int:
+    """Delete the tombstones every reader can do without; return how many.
+
+    Inside a write transaction. Readers that had not seen them all resync their
+    deletions from the rowids (``meta.tomb_floor`` tells them). Tombstones newer than
+    the derived ANN file are kept, so that it still catches up incrementally, unless
+    they outnumber the ``live`` records (catching up would cost about a rebuild).
+    """
+    floor = tomb_floor(db)
+    upto = max_tomb(db)
+    if ann_path.exists():
+        with contextlib.suppress(AnnFileError, KeyError, TypeError, ValueError):
+            header = IvfIndex.read_header(ann_path)
+            covered = int(header["last_tomb"])
+            if (
+                header.get("store") == store_uuid
+                and covered >= floor
+                and (live is None or upto - covered <= live)
+            ):
+                upto = min(upto, covered)
+    if upto <= floor:
+        return 0
+    removed = int(db.execute("DELETE FROM tombstones WHERE seq <= ?", (upto,)).rowcount)
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('tomb_floor', ?)", (str(upto),))
+    return removed
