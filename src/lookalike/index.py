@@ -41,7 +41,7 @@ from .images import (
     read_image_bytes,
     resolved_path,
 )
-from .protocols import Embedder, VectorStore
+from .protocols import CheckableStore, Embedder, VectorStore
 from .sources import Item, Source
 from .stores._common import as_float32
 from .types import (
@@ -331,6 +331,26 @@ class ImageSearchIndex:
         self.store.create_schema(schema)
         self._schema = self.store.describe() or schema
         return self._schema
+
+    @property
+    def schema(self) -> Schema | None:
+        """The store's schema as stored (``None`` before the first write); not checked
+        against this index's embedder, so it reads any store without building a model."""
+        return self.store.describe()
+
+    def check(self, *, fix: bool = False, rebuild: bool = False) -> list[str]:
+        """Verify the store's integrity; return the problems found (empty when healthy).
+
+        ``fix`` drops damaged records, ``rebuild`` rebuilds derived search indexes;
+        nothing is written without either (see :class:`~lookalike.CheckableStore`).
+
+        Raises:
+            ConfigurationError: the store cannot check itself.
+        """
+        store = self.store
+        if not isinstance(store, CheckableStore):
+            raise ConfigurationError(f"{store!r} has no integrity check")
+        return store.check(fix=fix, rebuild=rebuild)
 
     def _check_embedder(self, schema: Schema) -> None:
         embedder = self.embedder

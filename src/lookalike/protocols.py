@@ -18,7 +18,7 @@ from .types import Filter, Hit, Record, Schema
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["Embedder", "VectorStore"]
+__all__ = ["CheckableStore", "Embedder", "VectorStore"]
 
 
 @runtime_checkable
@@ -86,3 +86,15 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class CheckableStore(Protocol):
+    """A :class:`VectorStore` that can verify (and repair) its own integrity (optional).
+
+    ``check(fix=, rebuild=)`` returns the problems found, one line each (empty when
+    healthy); ``fix`` drops damaged records, ``rebuild`` rebuilds derived indexes.
+    Nothing is written without either. :class:`~lookalike.stores.LocalStore` is one.
+    """
+
+    def check(self, *, fix: bool = False, rebuild: bool = False) -> list[str]: ...
