@@ -1,8 +1,9 @@
 """The add pipeline behind :meth:`ImageSearchIndex.add_many <lookalike.ImageSearchIndex.add_many>`.
 
 An :class:`Ingest` is built once per index from the embedder, the store and the
-options (decode threads, decode processes). Each call of :meth:`Ingest.add` streams its
-inputs through five named stages, in chunks of ``batch_size`` images:
+options (decode threads, decode processes). Each call of :meth:`Ingest.add` turns its
+inputs into :class:`~lookalike._inputs.Pending` items (``pending_items``: explicit ids,
+metadata) and streams them through five named stages, in chunks of ``batch_size`` images:
 
 1. **read + hash** (:meth:`Ingest._read_and_hash`, in the ``workers`` decode threads):
    each input gets its id, its bytes and its content hash.
@@ -32,63 +33,50 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._embedding import PixelStandIn, check_vectors, pixel_embedder
-from ._metadata import check_user_metadata, id_of_resolved, merged_metadata, path_id
+from ._inputs import (
+    Metadata,
+    Pending,
+    check_lengths,
+    id_of_resolved,
+    is_pil,
+    length,
+    merged_metadata,
+    path_id,
+    pending_items,
+)
 from ._processes import DecodeProcesses, Done, Job, SlotArena
 from .display import progress_bar
-from .errors import ConfigurationError, ImageLoadError, ImageSearchError, quote_name
+from .errors import ImageLoadError, ImageSearchError
 from .images import (
     ImageBytes,
     decode_image,
-    describe_source,
     load_image,
     pixel_digest,
     read_image_bytes,
     resolved_path,
 )
 from .protocols import Embedder, PendingVectors, VectorStore
-from .sources import Item, Source
-from .types import HASH_FIELD, PATH_FIELD, AddReport, Failure, ImageInput, MetadataValue, Record
-
-if TYPE_CHECKING:
-    from PIL import Image
+from .sources import Item
+from .types import HASH_FIELD, PATH_FIELD, AddReport, Failure, ImageInput, Record
 
 __all__ = ["Ingest"]
 
-Metadata = Mapping[str, MetadataValue] | Sequence[Mapping[str, MetadataValue]] | None
 
 
 # -- what travels through the stages ---------------------------------------------------
 @dataclass
-class _Pending:
-    """One input on its way through add_many."""
-
-    position: int
-    source: str
-    id: str | None
-    metadata: dict[str, Any]
-    input: Any = None  #: the path, bytes or image given (a path until it is read)
-    encoded: ImageBytes | None = None
-    image: Image.Image | None = None
-    sha256: str | None = None
-    existing: Record | None = None
-    error: str | None = None
-    pixels: Any = None  #: what the embedder's ``pixels`` made of the image
-    existed: bool = False
-
-
-@dataclass
 class _Chunk:
-    items: list[_Pending] = field(default_factory=list)
+    items: list[Pending] = field(default_factory=list)
     number: int = 0
     #: chunks of this add_many whose writes had landed when this chunk's records were read
     landed_before: int = 0
@@ -125,7 +113,7 @@ class _Embedding:
 
     ready: list[Record]
     outcome: list[tuple[str, str]]
-    to_embed: list[_Pending]
+    to_embed: list[Pending]
     n_items: int
     embedder: Embedder
     number: int = 0
@@ -157,7 +145,7 @@ class _Embedding:
 
 #: Images handed to one decode process: its answer (``None`` if the pool was broken),
 #: the items, and the arena slots they write into.
-_Group = tuple["Future[list[Done]] | None", list[_Pending], list[int]]
+_Group = tuple["Future[list[Done]] | None", list[Pending], list[int]]
 
 
 class _Writes:
@@ -263,13 +251,13 @@ class Ingest:
     ) -> tuple[AddReport, int]:
         """Run ``images`` through the stages; the report, and how many images the input
         yielded (not counting what a source could not use)."""
-        total = _length(images)
-        _check_lengths(total, ids, metadata)  # before anything is stored, when we can
+        total = length(images)
+        check_lengths(total, ids, metadata)  # before anything is stored, when we can
         report = AddReport()
         report.embedded = 0
         started = time.perf_counter()
         listed: list[int] = [0]
-        pending = self._pending_items(images, ids, metadata, listed)
+        pending = pending_items(images, ids, metadata, listed)
         seen: set[str] = set()
         written = _Written()
         bar = progress_bar(total, progress, report, started)
@@ -306,64 +294,8 @@ class Ingest:
                 bar.close()  # after the report's time: the bar ends on the report's rate
         return report, listed[0]
 
-    def _pending_items(
-        self, images: Iterable[ImageInput | Item], ids: Sequence[str] | None, metadata: Metadata, listed: list[int],
-    ) -> Iterator[_Pending]:
-        """The inputs, each with its metadata and explicit id (checked as they come)."""
-        if isinstance(images, (str, os.PathLike)):
-            where = os.fspath(images)
-            if os.path.isdir(where):
-                raise ConfigurationError(
-                    f"add_many takes an iterable of images, not a folder path; for the images in "
-                    f"{quote_name(where)} use add_many(sources.from_dir({where!r}))"
-                )
-            raise ConfigurationError(
-                "add_many takes an iterable of images, not one path; use add() for one image, "
-                "sources.from_dir(folder) for a folder or sources.from_glob(pattern) for a pattern"
-            )
-        if isinstance(images, bytes) or _is_pil(images):
-            raise ConfigurationError("add_many takes an iterable of images; use add() for one image")
-        shared_meta: Mapping[str, MetadataValue] | None = None
-        per_meta: list[Mapping[str, MetadataValue]] | None = None
-        if isinstance(metadata, Mapping):
-            shared_meta = metadata
-        elif metadata is not None:
-            per_meta = list(metadata)
-        id_list = None if ids is None else list(ids)
-        count = 0
-        position = -1
-        entries: Iterable[Any] = images.entries() if isinstance(images, Source) else images
-        for entry in entries:
-            if isinstance(entry, Failure):  # what the source found but cannot use: no image, no position
-                yield _Pending(position, entry.source, entry.id, {}, error=entry.reason)
-                continue
-            position += 1
-            count += 1
-            listed[0] = count
-            item = entry if isinstance(entry, Item) else Item(entry)
-            meta: dict[str, Any] = dict(item.metadata)
-            if shared_meta is not None:
-                meta.update(shared_meta)
-            if per_meta is not None:
-                if position >= len(per_meta):
-                    raise ConfigurationError(f"metadata has {len(per_meta)} entries but there are more images")
-                meta.update(per_meta[position])
-            explicit_id = item.id
-            if id_list is not None:
-                if position >= len(id_list):
-                    raise ConfigurationError(f"ids has {len(id_list)} entries but there are more images")
-                explicit_id = id_list[position]
-            if explicit_id is not None and (not isinstance(explicit_id, str) or not explicit_id):
-                raise ConfigurationError(f"ids must be non-empty strings, got {explicit_id!r}")
-            source = describe_source(item.image)
-            if item.metadata:
-                check_user_metadata(item.metadata, f" of {quote_name(source)}")
-            yield _Pending(position, source, explicit_id, meta, input=item.image)
-        if id_list is not None and count != len(id_list):
-            raise ConfigurationError(f"ids has {len(id_list)} entries but there were {count} images")
-
     # -- stage 1: read + hash ---------------------------------------------------------
-    def _read_and_hash(self, item: _Pending, defer_read: bool = False) -> None:
+    def _read_and_hash(self, item: Pending, defer_read: bool = False) -> None:
         """Read bytes and compute id and content hash (runs in a worker thread).
 
         With ``defer_read``, a file only gets its id here: a decode process reads and
@@ -388,7 +320,7 @@ class Ingest:
             elif isinstance(image, (bytes, bytearray, memoryview)):
                 item.encoded = ImageBytes(item.source, bytes(image))
                 item.sha256 = item.encoded.sha256
-            elif _is_pil(image):
+            elif is_pil(image):
                 item.image = load_image(image)
                 item.sha256 = pixel_digest(item.image)
             else:
@@ -416,7 +348,7 @@ class Ingest:
                 p.encoded = p.image = None  # unchanged content: no need to decode
 
     # -- stage 3: decode + pixels -----------------------------------------------------
-    def _decode_to_pixels(self, item: _Pending) -> None:
+    def _decode_to_pixels(self, item: Pending) -> None:
         """Decode, then run the embedder's ``pixels`` (in a worker thread).
 
         Pixel embedders (the torch ones) get their resize/crop done here, in parallel,
@@ -451,7 +383,7 @@ class Ingest:
             item.error = f"cannot preprocess: {exc}"
 
     def _submit_to_processes(
-        self, items: list[_Pending], processes: DecodeProcesses, arena: SlotArena | None
+        self, items: list[Pending], processes: DecodeProcesses, arena: SlotArena | None
     ) -> list[_Group]:
         """Hand files and bytes to the decode processes, in about one group per process."""
         min_size = self.embedder.image_size
@@ -512,7 +444,7 @@ class Ingest:
                 arena.give_back(slots)
 
     def _loaded_chunks(
-        self, pending: Iterator[_Pending], size: int, processes: DecodeProcesses | None, written: _Written
+        self, pending: Iterator[Pending], size: int, processes: DecodeProcesses | None, written: _Written
     ) -> Generator[_Chunk, None, None]:
         """Stages 1-3 in background threads, ahead of the model: chunks read, looked up
         and turned into pixels.
@@ -604,7 +536,7 @@ class Ingest:
         replace_metadata: bool,
     ) -> _Embedding:
         """Sort a chunk into failed / unchanged / to embed, merge metadata, start embedding."""
-        to_embed: list[_Pending] = []
+        to_embed: list[Pending] = []
         records: list[Record] = []
         outcome: list[tuple[str, str]] = []
         for p in chunk.items:
@@ -650,28 +582,7 @@ class Ingest:
 
 
 # -- small helpers -----------------------------------------------------------------------
-def _check_lengths(total: int | None, ids: Any, metadata: Any) -> None:
-    if total is None:
-        return
-    if ids is not None and not isinstance(ids, str) and len(ids) != total:
-        raise ConfigurationError(f"ids has {len(ids)} entries but there are {total} images")
-    if metadata is not None and not isinstance(metadata, Mapping) and len(metadata) != total:
-        raise ConfigurationError(f"metadata has {len(metadata)} entries but there are {total} images")
-
-
-def _length(images: Iterable[Any]) -> int | None:
-    try:
-        return len(images)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _is_pil(obj: object) -> bool:
-    module = type(obj).__module__
-    return module.startswith("PIL.") and hasattr(obj, "getpixel")
-
-
-def _set_hash(item: _Pending, sha256: str) -> None:
+def _set_hash(item: Pending, sha256: str) -> None:
     item.sha256 = sha256
     item.metadata[HASH_FIELD] = sha256
 
@@ -685,12 +596,12 @@ def _cancel(in_flight: Iterable[tuple[_Chunk, list[Future[None]], list[_Group]]]
                 group_future.cancel()
 
 
-def _stored_hash(item: _Pending) -> str | None:
+def _stored_hash(item: Pending) -> str | None:
     known = None if item.existing is None else item.existing.metadata.get(HASH_FIELD)
     return known if isinstance(known, str) else None
 
 
-def _same_content(item: _Pending, existing: Record) -> bool:
+def _same_content(item: Pending, existing: Record) -> bool:
     return item.sha256 is not None and existing.metadata.get(HASH_FIELD) == item.sha256
 
 

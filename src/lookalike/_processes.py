@@ -1,15 +1,14 @@
 """Decode worker processes for add_many: reading, hashing, decoding and resizing without the GIL.
 
 On a GPU machine the CPUs do nothing but decode, and there Python's GIL caps a thread
-pool at less than half of what the cores can decode (1,237 vs 3,000 img/s on 16 cores,
-docs/performance.md). With ``ImageSearchIndex(processes=True)`` the producer of add_many
-hands each chunk to these processes in a few groups (:class:`Job` lists): a process reads
-each file itself, hashes it, skips it when the hash equals the stored one, decodes it,
-turns it into the model's pixels, and writes that array into a shared-memory slot (:class:`SlotArena`).
-The parent's share per image is then a path out and a few bytes back: with a model that
-does nothing, 170-260 us of its CPU per image against 890-1,030 us when each image's bytes
-and pixels crossed a pipe as a task of its own (the design this replaced). On the H100
-machine that took add_many from 904 img/s (threads) to 2,381.
+pool well below what the cores can decode. With ``ImageSearchIndex(processes=True)`` the
+producer of add_many hands each chunk to these processes in a few groups (:class:`Job`
+lists): a process reads each file itself, hashes it, skips it when the hash equals the
+stored one, decodes it, turns it into the model's pixels, and writes that array into a
+shared-memory slot (:class:`SlotArena`). The parent's share per image is then a path out
+and a few bytes back, a fraction of what it costs when each image's bytes and pixels
+cross a pipe as a task of their own (the design this replaced). The measured figures are
+in docs/performance.md ("On a GPU").
 
 The processes start with ``spawn`` (no fork of a process running CUDA or OpenMP
 threads), import only numpy, Pillow and lookalike, and get the embedder's picklable

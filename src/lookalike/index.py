@@ -10,29 +10,27 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._checks import positive_int
-from ._embedding import check_vectors, pixel_embedder
+from ._embedding import pixel_embedder
 from ._ingest import Ingest
-from ._metadata import LIBRARY_FIELDS, RESERVED_WHY, check_user_metadata, path_id
+from ._inputs import LIBRARY_FIELDS, RESERVED_WHY, check_user_metadata, missing_file, path_id
 from ._processes import DecodeProcesses
+from ._queries import check_min_score, excluded_ids, query_vectors, text_embedder
 from .display import SearchResults
 from .errors import ConfigurationError, NotFoundError, SchemaMismatchError
-from .images import load_image
 from .protocols import (
     CheckableStore,
     Embedder,
     LoadableEmbedder,
     PixelEmbedder,
-    TextEmbedder,
     VectorStore,
 )
 from .sources import Item, Source
-from .stores._common import as_float32
 from .types import (
     AddReport,
     Failure,
@@ -47,7 +45,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 __all__ = ["ImageSearchIndex", "path_id"]
 
@@ -75,16 +73,16 @@ class ImageSearchIndex:
             built on first use (it downloads its weights once; see the offline docs).
         store: keeps the vectors. Default: a fresh :class:`~lookalike.stores.InMemoryStore`.
         batch_size: images embedded per batch in :meth:`add_many` (default 32, or 128
-            with ``processes``: fewer pauses between batches, 2,381 vs 1,786 img/s on an H100).
+            with ``processes``: fewer pauses between batches; see docs/performance.md).
         workers: threads that read, hash, decode and resize images while the model
-            runs (default: the CPUs this process may use, at most 32). Embedders that offer
-            ``prepare(image)`` and ``embed_prepared(list)`` (the torch ones) get their
-            per-image preprocessing run in these threads too.
+            runs (default: the CPUs this process may use, at most 32). A
+            :class:`~lookalike.protocols.PixelEmbedder` (the torch ones) gets its per-image
+            preprocessing (``pixels``) run in these threads too.
         processes: read, hash, decode and resize in ``workers`` worker processes
             (started with ``spawn``, free of Python's GIL) instead of in the threads;
             their pixels come back through shared memory. Use it when the model runs on
-            a GPU: on a 16-core H100 machine it took ResNet50 from 904 to 2,381 img/s
-            (docs/performance.md). Off by default: on a CPU the cores are busy with the
+            a GPU, where the threads cannot keep up with the model (2.6x on a 16-core
+            machine, docs/performance.md). Off by default: on a CPU the cores are busy with the
             model, and a script that sets it needs the usual ``if __name__ ==
             "__main__":`` guard (the processes import the main module). The CLI turns
             it on by itself when the model runs on CUDA.
@@ -441,11 +439,11 @@ class ImageSearchIndex:
         """:meth:`search` for many queries at once (embedded and searched in batches);
         one :class:`~lookalike.display.SearchResults` per query, in order."""
         k = positive_int(k, "k")
-        threshold = _check_min_score(min_score)
-        excluded = _excluded_ids(exclude)
+        threshold = check_min_score(min_score)
+        excluded = excluded_ids(exclude)
         query_list = list(queries)
         if any(isinstance(q, Text) for q in query_list):
-            self._text_embedder()  # before any work
+            text_embedder(self.embedder)  # before any work
         schema = self._existing_schema()  # a store of another embedder fails before any work
         vectors = self.embed_queries(query_list)
         if schema is None or not query_list:
@@ -467,47 +465,9 @@ class ImageSearchIndex:
         """Vectors for queries: images are loaded and embedded, texts embedded by a
         :class:`~lookalike.protocols.TextEmbedder`, vectors checked and normalised, and
         stored hits or records give their stored vectors."""
-        dim = self.embedder.dim
-        out = np.zeros((len(queries), dim), dtype=np.float32)
-        to_embed: list[int] = []
-        images: list[Image.Image] = []
-        text_rows = [i for i, q in enumerate(queries) if isinstance(q, Text)]
-        if text_rows:
-            texts = [q.text for q in queries if isinstance(q, Text)]
-            out[text_rows] = check_vectors(self._text_embedder().embed_text(texts), len(texts), self.embedder)
         stored = self._stored_vectors([q for q in queries if isinstance(q, Hit)])
-        for i, q in enumerate(queries):
-            if isinstance(q, Hit):
-                q = stored[q.id]
-            if isinstance(q, Record):
-                q = np.asarray(q.vector)
-            if isinstance(q, Text):
-                continue
-            if isinstance(q, np.ndarray):
-                vec = as_float32(q, "query vector").reshape(-1)
-                if vec.shape[0] != dim:
-                    raise ConfigurationError(f"query vector has {vec.shape[0]} values, the index expects {dim}")
-                norm = float(np.linalg.norm(vec))
-                if not np.isfinite(vec).all() or norm == 0.0:
-                    raise ConfigurationError("query vector must be finite and non-zero")
-                out[i] = vec / norm
-            else:
-                images.append(load_image(q, min_size=self._pixel_embedder.image_size))
-                to_embed.append(i)
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            vecs = check_vectors(self.embedder.embed(batch), len(batch), self.embedder)
-            out[to_embed[start : start + len(batch)]] = vecs
-        return out
-
-    def _text_embedder(self) -> TextEmbedder:
-        embedder = self.embedder
-        if not isinstance(embedder, TextEmbedder):
-            raise ConfigurationError(
-                f"cannot search by Text with {embedder!r}: text search needs a model with a text tower "
-                "(an embedder with embed_text, e.g. CLIP); search by an image or a vector instead"
-            )
-        return embedder
+        return query_vectors(queries, self.embedder, image_size=self._pixel_embedder.image_size, stored=stored,
+                             batch_size=self.batch_size)
 
     def _stored_vectors(self, hits: list[Hit]) -> dict[str, Record]:
         """The stored records of hits used as queries; NotFoundError for one that is gone."""
@@ -554,7 +514,7 @@ class ImageSearchIndex:
             for r in batch:
                 if r.path is None:
                     continue
-                problem = _missing(r.path)
+                problem = missing_file(r.path)
                 if problem is None:
                     continue
                 if problem == "":
@@ -574,45 +534,3 @@ class ImageSearchIndex:
 
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and self._existing_schema() is not None and bool(self.store.get([id]))
-
-
-def _missing(path: str) -> str | None:
-    """``None``: the file is there; ``""``: it is really gone; else why it cannot be checked."""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):  # ENOENT, ENOTDIR: nothing can be at that path
-        return ""
-    except PermissionError:
-        return "permission denied"
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-    except ValueError as exc:  # e.g. a NUL character: not a path this system can hold
-        return str(exc)
-    return None
-
-
-def _check_min_score(min_score: Any) -> float | None:
-    if min_score is None:
-        return None
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(min_score):
-        raise ConfigurationError(f"min_score must be a finite number or None, got {min_score!r}")
-    return float(min_score)
-
-
-def _excluded_ids(exclude: Any) -> set[str]:
-    """The ids in ``exclude``: one id, a hit or a record, or an iterable of those."""
-    if exclude is None:
-        return set()
-    items = [exclude] if isinstance(exclude, (str, Hit, Record)) else exclude
-    if isinstance(items, (bytes, bytearray, Mapping)) or not isinstance(items, Iterable):
-        raise ConfigurationError(f"exclude takes an id or an iterable of ids, got {type(exclude).__name__}")
-    ids = set()
-    for item in items:
-        if isinstance(item, (Hit, Record)):
-            ids.add(item.id)
-        elif isinstance(item, str):
-            ids.add(item)
-        else:
-            raise ConfigurationError(f"exclude takes ids (strings), hits or records, got {item!r}")
-    return ids
