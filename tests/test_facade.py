@@ -167,3 +167,13 @@ def test_torch_embedders_are_pixel_embedders_themselves() -> None:
     embedder = TorchEmbedder(torch.nn.Flatten(), lambda im: torch.zeros(3, 2, 2), dim=12, identity="t")
     assert isinstance(embedder, PixelEmbedder)
     assert pixel_embedder(embedder) is embedder
+
+
+def test_the_facade_and_the_pipeline_probe_no_hook_by_name() -> None:
+    """Optional members are declared protocols checked with isinstance, never getattr."""
+    import inspect
+
+    from lookalike import _embedding, _ingest, _inputs, _queries, index
+
+    for module in (index, _ingest, _inputs, _queries, _embedding):
+        assert "getattr(" not in inspect.getsource(module), module.__name__

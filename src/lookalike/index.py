@@ -260,9 +260,6 @@ class ImageSearchIndex:
         if self._schema is None:
             self.create_schema()
 
-    def _writable_schema(self) -> Schema:
-        return self._existing_schema() or self.create_schema()
-
     # -- adding ------------------------------------------------------------------------
     def add(
         self,
