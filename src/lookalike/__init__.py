@@ -30,7 +30,7 @@ from .images import load_image
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
 from .sources import Item
-from .types import AddReport, Failure, Hit, Record, Schema
+from .types import AddReport, Failure, Hit, Record, Schema, Text
 
 __all__ = [
     "AddReport",
@@ -54,6 +54,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "StoreTimeoutError",
+    "Text",
     "VectorStore",
     "__version__",
     "errors",

@@ -1,19 +1,18 @@
 """Decode worker processes for add_many: reading, hashing, decoding and resizing without the GIL.
 
 On a GPU machine the CPUs do nothing but decode, and there Python's GIL caps a thread
-pool at less than half of what the cores can decode (1,237 vs 3,000 img/s on 16 cores,
-docs/performance.md). With ``ImageSearchIndex(processes=True)`` the producer of add_many
-hands each chunk to these processes in a few groups (:class:`Job` lists): a process reads
-each file itself, hashes it, skips it when the hash equals the stored one, decodes and
-prepares it, and writes the prepared array into a shared-memory slot (:class:`SlotArena`).
-The parent's share per image is then a path out and a few bytes back: with a model that
-does nothing, 170-260 us of its CPU per image against 890-1,030 us when each image's bytes
-and pixels crossed a pipe as a task of its own (the design this replaced). On the H100
-machine that took add_many from 904 img/s (threads) to 2,381.
+pool well below what the cores can decode. With ``ImageSearchIndex(processes=True)`` the
+producer of add_many hands each chunk to these processes in a few groups (:class:`Job`
+lists): a process reads each file itself, hashes it, skips it when the hash equals the
+stored one, decodes it, turns it into the model's pixels, and writes that array into a
+shared-memory slot (:class:`SlotArena`). The parent's share per image is then a path out
+and a few bytes back, a fraction of what it costs when each image's bytes and pixels
+cross a pipe as a task of their own (the design this replaced). The measured figures are
+in docs/performance.md ("On a GPU").
 
 The processes start with ``spawn`` (no fork of a process running CUDA or OpenMP
 threads), import only numpy, Pillow and lookalike, and get the embedder's picklable
-``prepare`` once, at start-up.
+``pixel_function()`` once, at start-up.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ class Job(NamedTuple):
     path: str | None  #: read and hash this file ...
     data: bytes | None  #: ... or decode these bytes (already hashed by the parent)
     known_sha256: str | None  #: the stored content hash: a file that still has it is not decoded
-    slot: int  #: arena slot for the prepared array, or -1: send it back pickled
+    slot: int  #: arena slot for the pixel array, or -1: send it back pickled
 
 
 class Done(NamedTuple):
@@ -59,7 +58,7 @@ class Done(NamedTuple):
 
     sha256: str | None  #: the file's content hash (path jobs that could be read)
     error: str | None  #: why the image could not be used
-    value: Any  #: the prepared array or decoded image, unless it went to the slot or was unchanged
+    value: Any  #: the pixel array or decoded image, unless it went to the slot or was unchanged
     layout: tuple[tuple[int, ...], str] | None  #: shape and dtype written to the slot
 
     @property
@@ -68,14 +67,14 @@ class Done(NamedTuple):
 
 
 # -- in the worker processes -----------------------------------------------------------
-_PREPARE: Callable[[Any], Any] | None = None
+_PIXEL_FUNCTION: Callable[[Any], Any] | None = None
 _ARENAS: collections.OrderedDict[str, shared_memory.SharedMemory] = collections.OrderedDict()
 _ARENAS_KEPT = 2  # one per add_many call in flight, plus the previous call's
 
 
-def _start(prepare: Callable[[Any], Any] | None, started: Any) -> None:
-    global _PREPARE
-    _PREPARE = prepare
+def _start(pixel_function: Callable[[Any], Any] | None, started: Any) -> None:
+    global _PIXEL_FUNCTION
+    _PIXEL_FUNCTION = pixel_function
     started.release()
 
 
@@ -99,7 +98,7 @@ def _attach(name: str) -> shared_memory.SharedMemory | None:
 
 
 def load_group(jobs: Sequence[Job], min_size: int | None, arena: str | None, slot_bytes: int) -> list[Done]:
-    """In a worker process: read, hash, decode and prepare each job's image."""
+    """In a worker process: read, hash, decode and turn into pixels each job's image."""
     shm = _attach(arena) if arena else None
     return [_load(job, min_size, shm, slot_bytes) for job in jobs]
 
@@ -117,10 +116,10 @@ def _load(job: Job, min_size: int | None, shm: shared_memory.SharedMemory | None
         image = decode_image(encoded, min_size=min_size)
     except ImageLoadError as exc:
         return Done(sha256, exc.reason, None, None)
-    if _PREPARE is None:
+    if _PIXEL_FUNCTION is None:
         return Done(sha256, None, image, None)
     try:
-        value = _PREPARE(image)
+        value = _PIXEL_FUNCTION(image)
     except Exception as exc:  # an image the model's preprocessing cannot handle
         return Done(sha256, f"cannot preprocess: {exc}", None, None)
     if (shm is not None and job.slot >= 0 and isinstance(value, np.ndarray)
@@ -133,7 +132,7 @@ def _load(job: Job, min_size: int | None, shm: shared_memory.SharedMemory | None
 
 # -- in the parent ---------------------------------------------------------------------
 class SlotArena:
-    """Shared memory that the decode processes write prepared arrays into.
+    """Shared memory that the decode processes write pixel arrays into.
 
     ``slots`` slots of ``slot_bytes`` each. The parent :meth:`take` s slots for a group
     before submitting it, copies each result out with :meth:`read` and gives the slots
@@ -193,23 +192,23 @@ class SlotArena:
 
 
 class DecodeProcesses:
-    """A pool of ``size`` spawned processes that load (read, hash, decode, prepare) images.
+    """A pool of ``size`` spawned processes that load images (read, hash, decode, pixels).
 
     When the pool breaks (a process died: killed, out of memory, a crash in a decoder),
     :meth:`submit` returns ``None`` from then on and the caller loads in its own threads
     instead; the failure is logged once.
     """
 
-    def __init__(self, size: int, prepare: Callable[[Any], Any] | None) -> None:
+    def __init__(self, size: int, pixel_function: Callable[[Any], Any] | None) -> None:
         self.size = size
-        self.prepares = prepare is not None  #: results are prepared arrays, not PIL images
-        #: bytes of one prepared array, learnt from the first one that comes back (sizes the arena)
+        self.sends_pixels = pixel_function is not None  #: results are pixel arrays, not PIL images
+        #: bytes of one pixel array, learnt from the first one that comes back (sizes the arena)
         self.slot_bytes: int | None = None
         spawn = multiprocessing.get_context("spawn")
         self._started = spawn.Semaphore(0)
         self._started_count = 0
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
-            max_workers=size, mp_context=spawn, initializer=_start, initargs=(prepare, self._started),
+            max_workers=size, mp_context=spawn, initializer=_start, initargs=(pixel_function, self._started),
         )
         self._lock = threading.Lock()
         # The pool spawns a process only when a task finds none idle, so a short first
@@ -250,7 +249,7 @@ class DecodeProcesses:
             return None
 
     def learn(self, value: Any) -> None:
-        """Note the size of a prepared array that came back pickled (the next arena fits it)."""
+        """Note the size of a pixel array that came back pickled (the next arena fits it)."""
         if self.slot_bytes is None and isinstance(value, np.ndarray) and not value.dtype.hasobject:
             self.slot_bytes = max(1, value.nbytes)
 

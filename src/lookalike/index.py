@@ -1,52 +1,37 @@
-"""ImageSearchIndex: the facade that ties an embedder to a vector store."""
+"""ImageSearchIndex: the facade that ties an embedder to a vector store.
+
+It checks arguments, binds the store to the embedder (the schema) and hands the work
+on: :meth:`ImageSearchIndex.add_many` to the add pipeline (:class:`lookalike._ingest.Ingest`),
+:meth:`~ImageSearchIndex.search` to the embedder and the store.
+"""
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import functools
-import hashlib
-import itertools
 import os
-import queue
-import threading
-import time
 import warnings
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ._processes import DecodeProcesses, Done, Job, SlotArena
-from .display import SearchResults, progress_bar
-from .errors import (
-    ConfigurationError,
-    ImageLoadError,
-    ImageSearchError,
-    NotFoundError,
-    SchemaMismatchError,
-    quote_name,
+from ._checks import positive_int
+from ._embedding import pixel_embedder
+from ._ingest import Ingest
+from ._inputs import LIBRARY_FIELDS, RESERVED_WHY, check_user_metadata, missing_file, path_id
+from ._processes import DecodeProcesses
+from ._queries import check_min_score, excluded_ids, query_vectors, text_embedder
+from .display import SearchResults
+from .errors import ConfigurationError, NotFoundError, SchemaMismatchError
+from .protocols import (
+    CheckableStore,
+    Embedder,
+    LoadableEmbedder,
+    PixelEmbedder,
+    VectorStore,
 )
-from .filters import value_problem
-from .images import (
-    ImageBytes,
-    decode_image,
-    describe_source,
-    load_image,
-    pixel_digest,
-    read_image_bytes,
-    resolved_path,
-)
-from .protocols import Embedder, VectorStore
 from .sources import Item, Source
-from .stores._common import as_float32
 from .types import (
-    HASH_FIELD,
-    PATH_FIELD,
     AddReport,
     Failure,
     Filter,
@@ -56,10 +41,11 @@ from .types import (
     QueryInput,
     Record,
     Schema,
+    Text,
 )
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 __all__ = ["ImageSearchIndex", "path_id"]
 
@@ -78,110 +64,6 @@ def default_workers() -> int:
     return max(1, min(32, cpus))
 
 
-def path_id(path: str | os.PathLike[str]) -> str:
-    """The default id of an image file: derived from its absolute, resolved path."""
-    return _id_of_resolved(resolved_path(path))
-
-
-def _id_of_resolved(resolved: str) -> str:
-    return hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:32]
-
-
-@dataclass
-class _Pending:
-    """One input on its way through add_many."""
-
-    position: int
-    source: str
-    id: str | None
-    metadata: dict[str, Any]
-    input: Any = None
-    encoded: ImageBytes | None = None
-    image: Image.Image | None = None
-    sha256: str | None = None
-    existing: Record | None = None
-    error: str | None = None
-    tensor: Any = None
-    existed: bool = False
-
-
-@dataclass
-class _Chunk:
-    items: list[_Pending] = field(default_factory=list)
-    number: int = 0
-    #: chunks of this add_many whose writes had landed when this chunk's records were read
-    landed_before: int = 0
-
-
-@dataclass
-class _Written:
-    """Metadata this add_many wrote (or is writing), for ids the store may not show yet.
-
-    The producer reads a chunk's stored records while earlier chunks are still being
-    embedded or written, so a file listed twice in one call (``--csv labels.csv photos/``)
-    merges with what the earlier mention wrote, not with the stale stored record.
-    """
-
-    landed: int = 0  # chunks whose writes have landed, in input order
-    metadata: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    by_chunk: dict[int, list[str]] = field(default_factory=dict)
-
-    def remember(self, number: int, rid: str, metadata: dict[str, Any]) -> None:
-        self.metadata[rid] = (number, metadata)
-        self.by_chunk.setdefault(number, []).append(rid)
-
-    def forget_before(self, number: int) -> None:
-        """Drop what chunks before ``number`` wrote: every later read sees it in the store."""
-        for old in [n for n in self.by_chunk if n < number]:
-            for rid in self.by_chunk.pop(old):
-                if self.metadata.get(rid, (None,))[0] == old:
-                    del self.metadata[rid]
-
-
-@dataclass
-class _Embedding:
-    """One chunk after sorting: records to write as they are, and the items being embedded."""
-
-    ready: list[Record]
-    outcome: list[tuple[str, str]]
-    to_embed: list[_Pending]
-    n_items: int
-    number: int = 0
-    vectors: NDArray[np.float32] | None = None
-    pending: Any = None  # PendingVectors of the rows in pending_rows, still being embedded
-    pending_rows: list[int] = field(default_factory=list)
-    embedder: Any = None
-
-    @property
-    def overlaps(self) -> bool:
-        """True while the vectors are still being embedded in the background, so the next
-        chunk may be queued before this one is collected."""
-        return self.pending is not None and bool(getattr(self.pending, "in_background", True))
-
-    def records(self) -> tuple[list[Record], list[tuple[str, str]]]:
-        """Wait for the vectors; all records to write, and what each write means."""
-        if self.pending is not None:
-            vectors = self.pending.result()
-            assert self.vectors is not None
-            self.vectors[self.pending_rows] = _check_vectors(vectors, len(self.pending_rows), self.embedder)
-            self.pending = None
-        records, outcome = list(self.ready), list(self.outcome)
-        for p, vec in zip(self.to_embed, self.vectors if self.vectors is not None else ()):
-            assert p.id is not None
-            records.append(Record(p.id, vec, p.metadata))
-            outcome.append(("updated" if p.existed else "added", p.id))
-        return records, outcome
-
-    def cancel(self) -> None:
-        if self.pending is not None:
-            self.pending.cancel()
-
-
-#: Images handed to one decode process: its answer (``None`` if the pool was broken),
-#: the items, and the arena slots they write into.
-_Group = tuple["Future[list[Done]] | None", list[_Pending], list[int]]
-
-
 class ImageSearchIndex:
     """Search images by image: embed with an :class:`~lookalike.Embedder`, keep the
     vectors in a :class:`~lookalike.VectorStore`.
@@ -191,16 +73,16 @@ class ImageSearchIndex:
             built on first use (it downloads its weights once; see the offline docs).
         store: keeps the vectors. Default: a fresh :class:`~lookalike.stores.InMemoryStore`.
         batch_size: images embedded per batch in :meth:`add_many` (default 32, or 128
-            with ``processes``: fewer pauses between batches, 2,381 vs 1,786 img/s on an H100).
+            with ``processes``: fewer pauses between batches; see docs/performance.md).
         workers: threads that read, hash, decode and resize images while the model
-            runs (default: the CPUs this process may use, at most 32). Embedders that offer
-            ``prepare(image)`` and ``embed_prepared(list)`` (the torch ones) get their
-            per-image preprocessing run in these threads too.
+            runs (default: the CPUs this process may use, at most 32). A
+            :class:`~lookalike.protocols.PixelEmbedder` (the torch ones) gets its per-image
+            preprocessing (``pixels``) run in these threads too.
         processes: read, hash, decode and resize in ``workers`` worker processes
             (started with ``spawn``, free of Python's GIL) instead of in the threads;
             their pixels come back through shared memory. Use it when the model runs on
-            a GPU: on a 16-core H100 machine it took ResNet50 from 904 to 2,381 img/s
-            (docs/performance.md). Off by default: on a CPU the cores are busy with the
+            a GPU, where the threads cannot keep up with the model (2.6x on a 16-core
+            machine, docs/performance.md). Off by default: on a CPU the cores are busy with the
             model, and a script that sets it needs the usual ``if __name__ ==
             "__main__":`` guard (the processes import the main module). The CLI turns
             it on by itself when the model runs on CUDA.
@@ -224,20 +106,18 @@ class ImageSearchIndex:
         processes: bool = False,
         fields: Iterable[str] | None = None,
     ) -> None:
-        if batch_size is None:
-            batch_size = PROCESSES_BATCH_SIZE if processes else DEFAULT_BATCH_SIZE
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if workers is not None and (not isinstance(workers, int) or workers < 1):
-            raise ConfigurationError(f"workers must be a positive int or None, got {workers!r}")
+        batch_size = positive_int(batch_size, "batch_size", optional=True)
+        workers = positive_int(workers, "workers", optional=True)
         if not isinstance(processes, bool):
             raise ConfigurationError(f"processes must be True or False, got {processes!r}")
         self._embedder = embedder
         self._store = store
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (PROCESSES_BATCH_SIZE if processes else DEFAULT_BATCH_SIZE)
         self.workers = workers or default_workers()
         self.processes = processes
-        self._decoder: DecodeProcesses | None = None
+        #: the embedder as a PixelEmbedder (itself, or a stand-in), decided once
+        self._pixels: PixelEmbedder | None = None if embedder is None else pixel_embedder(embedder)
+        self._ingest: Ingest | None = None  # the add pipeline, built on first use
         self._schema: Schema | None = None
         self._fields = None if fields is None else tuple(fields)
 
@@ -249,6 +129,12 @@ class ImageSearchIndex:
 
             self._embedder = ResNet50Embedder()
         return self._embedder
+
+    @property
+    def _pixel_embedder(self) -> PixelEmbedder:
+        if self._pixels is None:
+            self._pixels = pixel_embedder(self.embedder)
+        return self._pixels
 
     @property
     def store(self) -> VectorStore:
@@ -265,23 +151,23 @@ class ImageSearchIndex:
 
     def close(self) -> None:
         """Close the store (and stop the decode processes, if any ran)."""
-        if self._decoder is not None:
-            self._decoder.close()
-            self._decoder = None
+        if self._ingest is not None:
+            self._ingest.close()
         if self._store is not None:
             self._store.close()
 
-    def _decode_processes(self) -> DecodeProcesses | None:
-        """The decode process pool (started on first use) when ``processes`` is set."""
-        if not self.processes:
-            return None
-        if self._decoder is None or self._decoder.broken:
-            process_prepare = getattr(self.embedder, "pixel_function", None)
-            prepare = None  # the processes hand back PIL images
-            if callable(process_prepare) and _prepare_hook(self.embedder) is not None:
-                prepare = process_prepare()  # they hand back what embed_prepared takes
-            self._decoder = DecodeProcesses(self.workers, prepare)
-        return self._decoder
+    @property
+    def _decoder(self) -> DecodeProcesses | None:
+        """The decode processes of the add pipeline, while they run."""
+        return None if self._ingest is None else self._ingest.decoder
+
+    def _pipeline(self) -> Ingest:
+        if self._ingest is None:
+            self._ingest = Ingest(
+                self._pixel_embedder, self.store, workers=self.workers, processes=self.processes,
+                is_bound=lambda: self._schema is not None, bind=self._bind_store,
+            )
+        return self._ingest
 
     def __enter__(self) -> ImageSearchIndex:
         return self
@@ -322,15 +208,35 @@ class ImageSearchIndex:
                     )
             self._schema = existing
             return existing
-        load = getattr(self.embedder, "load", None)
-        if callable(load):  # never bind a store to a model that cannot load
-            load()
+        embedder = self.embedder
+        if isinstance(embedder, LoadableEmbedder):  # never bind a store to a model that cannot load
+            embedder.load()
         if fields is None:
             fields = self._fields if self._fields is not None else DEFAULT_FIELDS
         schema = Schema(dim=self.embedder.dim, identity=self.embedder.identity, fields=tuple(fields))
         self.store.create_schema(schema)
         self._schema = self.store.describe() or schema
         return self._schema
+
+    @property
+    def schema(self) -> Schema | None:
+        """The store's schema as stored (``None`` before the first write); not checked
+        against this index's embedder, so it reads any store without building a model."""
+        return self.store.describe()
+
+    def check(self, *, fix: bool = False, rebuild: bool = False) -> list[str]:
+        """Verify the store's integrity; return the problems found (empty when healthy).
+
+        ``fix`` drops damaged records, ``rebuild`` rebuilds derived search indexes;
+        nothing is written without either (see :class:`~lookalike.CheckableStore`).
+
+        Raises:
+            ConfigurationError: the store cannot check itself.
+        """
+        store = self.store
+        if not isinstance(store, CheckableStore):
+            raise ConfigurationError(f"{store!r} has no integrity check")
+        return store.check(fix=fix, rebuild=rebuild)
 
     def _check_embedder(self, schema: Schema) -> None:
         embedder = self.embedder
@@ -349,8 +255,10 @@ class ImageSearchIndex:
             self._schema = existing
         return self._schema
 
-    def _writable_schema(self) -> Schema:
-        return self._existing_schema() or self.create_schema()
+    def _bind_store(self) -> None:
+        """Before the first write of add_many: record the schema (the model has loaded)."""
+        if self._schema is None:
+            self.create_schema()
 
     # -- adding ------------------------------------------------------------------------
     def add(
@@ -396,11 +304,11 @@ class ImageSearchIndex:
         """
         given = dict(metadata or {})
         dropped = [drop] if isinstance(drop, str) else list(drop)
-        _check_user_metadata(given, "")
+        check_user_metadata(given, "")
         for name in dropped:
-            if name in _LIBRARY_FIELDS:
+            if name in LIBRARY_FIELDS:
                 raise ConfigurationError(
-                    f"cannot drop metadata field {name!r}: it is reserved ({_RESERVED_WHY[name]})"
+                    f"cannot drop metadata field {name!r}: it is reserved ({RESERVED_WHY[name]})"
                 )
         record = self.get(id)
         merged = {k: v for k, v in record.metadata.items() if k not in dropped}
@@ -462,463 +370,23 @@ class ImageSearchIndex:
         """
         if on_error not in ("skip", "raise"):
             raise ConfigurationError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        size = self.batch_size if batch_size is None else batch_size
-        if not isinstance(size, int) or size < 1:
-            raise ConfigurationError(f"batch_size must be a positive int, got {size!r}")
+        size = self.batch_size if batch_size is None else positive_int(batch_size, "batch_size")
         if not isinstance(replace_metadata, bool):
             raise ConfigurationError(f"replace_metadata must be True or False, got {replace_metadata!r}")
         if isinstance(metadata, Mapping):  # before anything is stored
-            _check_user_metadata(metadata, "")
+            check_user_metadata(metadata, "")
         elif metadata is not None:
             metadata = list(metadata)
             for position, meta in enumerate(metadata):
-                _check_user_metadata(meta, f" in metadata[{position}]")
+                check_user_metadata(meta, f" in metadata[{position}]")
         self._existing_schema()  # a store of another embedder fails before any work
-        total = _length(images)
-        _check_lengths(total, ids, metadata)  # before anything is stored, when we can
-        report = AddReport()
-        started = time.perf_counter()
-        listed: list[int] = [0]  # images the input yielded (not counting a source's failures)
-        pending = self._pending_items(images, ids, metadata, listed)
-        seen: set[str] = set()
-        written = _Written()
-        report.embedded = 0
-        bar = progress_bar(total, progress, report, started)
-        # Three stages run at once: the producer thread reads, hashes and decodes chunk
-        # N+2 (with `workers` threads), the model embeds chunk N+1, and the writer thread
-        # upserts chunk N. Embedders with `submit_prepared` (torch on CPU streams) get
-        # chunk N+2 queued before chunk N+1 is collected, so no stream idles between
-        # chunks. At most one write is in flight, so report order is input order and a
-        # failure leaves every earlier batch stored.
-        writing: tuple[Future[None], list[tuple[str, str]], int, int] | None = None
-        embedding: _Embedding | None = None
-
-        def write(done: _Embedding) -> None:
-            nonlocal writing
-            records, outcome = done.records()
-            if writing is not None:
-                self._finish_write(writing, report, bar, written)
-                writing = None
-            if records:
-                if self._schema is None:  # the first vectors: the model has loaded, bind the store to it
-                    self.create_schema()
-                writing = (writer.submit(self.store.upsert, _last_wins(records)), outcome, done.n_items,
-                           done.number)
-            else:
-                self._record_outcome(outcome, report)
-                bar.update(done.n_items)
-                written.landed = done.number + 1
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-store") as writer, \
-                contextlib.closing(self._prepared_chunks(pending, size, self._decode_processes(), written)) as chunks:
-            try:
-                for chunk in chunks:
-                    try:
-                        following = self._start_chunk(chunk, report, seen, written, on_error, replace_metadata)
-                    except Exception:  # e.g. on_error="raise": the chunk before still lands
-                        if embedding is not None:
-                            landing, embedding = embedding, None
-                            write(landing)
-                        raise
-                    del chunk
-                    previous, embedding = embedding, following
-                    if previous is not None:
-                        write(previous)
-                    if not embedding.overlaps:
-                        write(embedding)
-                        embedding = None
-                if embedding is not None:
-                    write(embedding)
-                    embedding = None
-                if writing is not None:
-                    self._finish_write(writing, report, bar, written)
-                    writing = None
-            finally:
-                if embedding is not None:  # an error above: drop the batches not started
-                    embedding.cancel()
-                if writing is not None:  # ... and let the batch in flight land first
-                    writing[0].exception()
-                report.seconds = time.perf_counter() - started
-                bar.close()  # after the report's time: the bar ends on the report's rate
-        if isinstance(images, Source) and not listed[0]:
+        report, listed = self._pipeline().add(
+            images, ids=ids, metadata=metadata, batch_size=size, on_error=on_error, progress=progress,
+            replace_metadata=replace_metadata,
+        )
+        if isinstance(images, Source) and not listed:
             warnings.warn(images.empty_message, UserWarning, stacklevel=2)
         return report
-
-    @staticmethod
-    def _record_outcome(outcome: list[tuple[str, str]], report: AddReport) -> None:
-        for kind, rid in outcome:
-            (report.updated if kind == "updated" else report.added).append(rid)
-
-    def _finish_write(
-        self,
-        writing: tuple[Future[None], list[tuple[str, str]], int, int],
-        report: AddReport,
-        bar: Any,
-        written: _Written,
-    ) -> None:
-        future, outcome, n_items, number = writing
-        future.result()  # re-raises the store's error, if any
-        written.landed = number + 1
-        self._record_outcome(outcome, report)
-        bar.update(n_items)
-
-    def _pending_items(
-        self,
-        images: Iterable[ImageInput | Item],
-        ids: Sequence[str] | None,
-        metadata: Mapping[str, MetadataValue] | Sequence[Mapping[str, MetadataValue]] | None,
-        listed: list[int],
-    ) -> Iterator[_Pending]:
-        if isinstance(images, (str, os.PathLike)):
-            where = os.fspath(images)
-            if os.path.isdir(where):
-                raise ConfigurationError(
-                    f"add_many takes an iterable of images, not a folder path; for the images in "
-                    f"{quote_name(where)} use add_many(sources.from_dir({where!r}))"
-                )
-            raise ConfigurationError(
-                "add_many takes an iterable of images, not one path; use add() for one image, "
-                "sources.from_dir(folder) for a folder or sources.from_glob(pattern) for a pattern"
-            )
-        if isinstance(images, bytes) or _is_pil(images):
-            raise ConfigurationError("add_many takes an iterable of images; use add() for one image")
-        shared_meta: Mapping[str, MetadataValue] | None = None
-        per_meta: list[Mapping[str, MetadataValue]] | None = None
-        if isinstance(metadata, Mapping):
-            shared_meta = metadata
-        elif metadata is not None:
-            per_meta = list(metadata)
-        id_list = None if ids is None else list(ids)
-        count = 0
-        position = -1
-        entries: Iterable[Any] = images.entries() if isinstance(images, Source) else images
-        for entry in entries:
-            if isinstance(entry, Failure):  # what the source found but cannot use: no image, no position
-                yield _Pending(position, entry.source, entry.id, {}, error=entry.reason)
-                continue
-            position += 1
-            count += 1
-            listed[0] = count
-            item = entry if isinstance(entry, Item) else Item(entry)
-            meta: dict[str, Any] = dict(item.metadata)
-            if shared_meta is not None:
-                meta.update(shared_meta)
-            if per_meta is not None:
-                if position >= len(per_meta):
-                    raise ConfigurationError(f"metadata has {len(per_meta)} entries but there are more images")
-                meta.update(per_meta[position])
-            explicit_id = item.id
-            if id_list is not None:
-                if position >= len(id_list):
-                    raise ConfigurationError(f"ids has {len(id_list)} entries but there are more images")
-                explicit_id = id_list[position]
-            if explicit_id is not None and (not isinstance(explicit_id, str) or not explicit_id):
-                raise ConfigurationError(f"ids must be non-empty strings, got {explicit_id!r}")
-            source = describe_source(item.image)
-            if item.metadata:
-                _check_user_metadata(item.metadata, f" of {quote_name(source)}")
-            yield _Pending(position, source, explicit_id, meta, input=item.image)
-        if id_list is not None and count != len(id_list):
-            raise ConfigurationError(f"ids has {len(id_list)} entries but there were {count} images")
-
-    def _prepare(self, item: _Pending, defer_read: bool = False) -> None:
-        """Read bytes and compute id and content hash (runs in a worker thread).
-
-        With ``defer_read``, a file only gets its id here: a decode process reads and
-        hashes it later (``item.input`` keeps the path).
-        """
-        if item.error is not None:  # a source's failure: nothing to read
-            return
-        image, item.input = item.input, None
-        try:
-            if isinstance(image, (str, os.PathLike)):
-                if "\0" in os.fspath(image):
-                    raise ImageLoadError(item.source, "not a valid file name (it contains a NUL character)")
-                resolved = resolved_path(image)
-                item.metadata[PATH_FIELD] = resolved  # the library's: user values are refused
-                if item.id is None:
-                    item.id = _id_of_resolved(resolved)
-                if defer_read:
-                    item.input = image
-                    return
-                item.encoded = read_image_bytes(image)
-                item.sha256 = item.encoded.sha256
-            elif isinstance(image, (bytes, bytearray, memoryview)):
-                item.encoded = ImageBytes(item.source, bytes(image))
-                item.sha256 = item.encoded.sha256
-            elif _is_pil(image):
-                item.image = load_image(image)
-                item.sha256 = pixel_digest(item.image)
-            else:
-                raise ImageLoadError(item.source, "unsupported input type; pass a path, bytes or a PIL.Image")
-            if item.id is None:
-                item.id = "sha256-" + (item.sha256 or "")[:32]
-            _set_hash(item, item.sha256 or "")
-        except ImageLoadError as exc:
-            item.error = exc.reason
-            if item.id is None and isinstance(image, (str, os.PathLike)) and "\0" not in os.fspath(image):
-                item.id = path_id(image)
-
-    def _decode(self, item: _Pending) -> None:
-        """Decode, then run the embedder's per-image preprocessing (in a worker thread).
-
-        Embedders with ``prepare(image)`` and ``embed_prepared(list)`` (the torch ones)
-        get their resize/crop done here, in parallel, so the model thread only stacks
-        ready arrays; others receive decoded ``PIL.Image`` objects in ``embed``.
-        """
-        if item.error is not None:
-            return
-        if item.input is not None:  # a read deferred to the decode processes, which broke
-            self._prepare(item)
-            if item.error is not None:
-                return
-            if item.existing is not None and _same_content(item, item.existing):
-                item.encoded = None
-                return
-        if item.image is None:
-            if item.encoded is None:
-                return
-            try:
-                item.image = decode_image(item.encoded, min_size=getattr(self.embedder, "image_size", None))
-            except ImageLoadError as exc:
-                item.error = exc.reason
-                return
-            finally:
-                item.encoded = None
-        prepare = _prepare_hook(self.embedder)
-        if prepare is not None:
-            try:
-                item.tensor = prepare(item.image)
-                item.image = None
-            except ImageSearchError:  # the model itself failed (e.g. no weights): not this image
-                raise
-            except Exception as exc:  # an image the model's preprocessing cannot handle
-                item.error = f"cannot preprocess: {exc}"
-
-    def _submit_to_processes(
-        self, items: list[_Pending], processes: DecodeProcesses, arena: SlotArena | None
-    ) -> list[_Group]:
-        """Hand files and bytes to the decode processes, in about one group per process."""
-        min_size = getattr(self.embedder, "image_size", None)
-        n_groups = min(len(items), processes.size)
-        groups = []
-        for g in range(n_groups):
-            members = items[g * len(items) // n_groups : (g + 1) * len(items) // n_groups]
-            slots = arena.take(len(members)) if arena is not None and processes.prepares else []
-            jobs = [
-                Job(p.source,
-                    None if p.input is None else os.fspath(p.input),
-                    None if p.encoded is None else p.encoded.data,
-                    _stored_hash(p) if p.input is not None else None,
-                    slots[i] if i < len(slots) else -1)
-                for i, p in enumerate(members)
-            ]
-            groups.append((processes.submit(jobs, min_size, arena), members, slots))
-        return groups
-
-    def _finish_group(
-        self,
-        group: _Group,
-        processes: DecodeProcesses,
-        arena: SlotArena | None,
-        pool: ThreadPoolExecutor,
-    ) -> None:
-        """Take a group's results from the decode processes (in threads if the pool broke)."""
-        future, items, slots = group
-        try:
-            results = None
-            if future is not None:
-                try:
-                    results = future.result()
-                except BrokenProcessPool as exc:
-                    processes.mark_broken(exc)
-            if results is None:
-                list(pool.map(self._decode, items))
-                return
-            to_prepare = []
-            for i, (p, done) in enumerate(zip(items, results)):
-                p.input = p.encoded = None
-                if done.sha256 is not None:
-                    _set_hash(p, done.sha256)
-                if done.error is not None:
-                    p.error = done.error
-                elif done.layout is not None:
-                    assert arena is not None
-                    p.tensor = arena.read(slots[i], done.layout)
-                elif done.value is not None:
-                    if processes.prepares:
-                        processes.learn(done.value)
-                        p.tensor = done.value
-                    else:
-                        p.image = done.value
-                        to_prepare.append(p)
-            if to_prepare and _prepare_hook(self.embedder) is not None:
-                list(pool.map(self._decode, to_prepare))  # the embedder's own preprocessing
-        finally:
-            if arena is not None and slots:
-                arena.give_back(slots)
-
-    def _prepared_chunks(
-        self, pending: Iterator[_Pending], size: int, processes: DecodeProcesses | None, written: _Written
-    ) -> Generator[_Chunk, None, None]:
-        """Read, look up and decode chunks in background threads, ahead of the model.
-
-        Two chunks decode at once, so the worker threads never wait at a chunk's end for
-        its slowest image (that barrier idled most of 16 workers on a GPU machine). With
-        ``processes``, files are read, hashed, decoded and prepared there instead; the
-        threads only work out ids (and decode in-memory PIL images).
-        """
-        store = self.store
-        done: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        arena: SlotArena | None = None
-
-        def hand_over(
-            chunk: _Chunk, decoding: list[Future[None]], groups: list[_Group], pool: ThreadPoolExecutor
-        ) -> None:
-            for future in decoding:
-                future.result()  # re-raises what a worker raised
-            for group in groups:
-                assert processes is not None
-                self._finish_group(group, processes, arena, pool)
-            while not stop.is_set():
-                try:
-                    done.put(chunk, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        def produce(pool: ThreadPoolExecutor) -> None:
-            nonlocal arena
-            in_flight: collections.deque[tuple[_Chunk, list[Future[None]], list[_Group]]] = collections.deque()
-            prepare = functools.partial(self._prepare, defer_read=processes is not None)
-            try:
-                for number in itertools.count():
-                    if stop.is_set():
-                        break
-                    chunk = _Chunk([p for _, p in zip(range(size), pending)], number)
-                    if not chunk.items:
-                        break
-                    list(pool.map(prepare, chunk.items))
-                    ids = [p.id for p in chunk.items if p.error is None and p.id is not None]
-                    chunk.landed_before = written.landed  # read before the records are
-                    # A store bound to no model holds no records: add_many binds it just before
-                    # its first write, so until then there is nothing (not even an earlier
-                    # mention of a file in this call) to look up.
-                    bound = self._schema is not None
-                    existing = {r.id: r for r in store.get(ids)} if ids and bound else {}
-                    for p in chunk.items:
-                        p.existing = existing.get(p.id or "")
-                        if p.existing is not None and p.error is None and _same_content(p, p.existing):
-                            p.encoded = p.image = None  # unchanged content: no need to decode
-                    todo = [p for p in chunk.items if p.error is None and
-                            (p.encoded is not None or p.image is not None or p.input is not None)]
-                    groups: list[_Group] = []
-                    if processes is not None and not processes.broken:
-                        if arena is None and processes.slot_bytes is not None:
-                            # slots for the two chunks in flight; a job without one sends its array back pickled
-                            arena = SlotArena.sized(2 * size + processes.size, processes.slot_bytes)
-                        remote = [p for p in todo if p.image is None]
-                        todo = [p for p in todo if p.image is not None]
-                        groups = self._submit_to_processes(remote, processes, arena) if remote else []
-                    in_flight.append((chunk, [pool.submit(self._decode, p) for p in todo], groups))
-                    if len(in_flight) > 1:
-                        hand_over(*in_flight.popleft(), pool)
-                while in_flight and not stop.is_set():
-                    hand_over(*in_flight.popleft(), pool)
-                _cancel(in_flight)  # stopped early: drop the queued work
-            except BaseException as exc:  # hand any failure to the consumer
-                _cancel(in_flight)
-                done.put(exc)
-                return
-            done.put(None)
-
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lookalike-load") as pool:
-            producer = threading.Thread(target=produce, args=(pool,), name="lookalike-producer", daemon=True)
-            producer.start()
-            try:
-                while True:
-                    got = done.get()
-                    if got is None:
-                        break
-                    if isinstance(got, BaseException):
-                        raise got
-                    yield got
-            finally:
-                stop.set()
-                while producer.is_alive():
-                    try:
-                        done.get(timeout=0.1)
-                    except queue.Empty:
-                        pass
-                producer.join()
-                if arena is not None:
-                    arena.close()
-
-    def _start_chunk(
-        self,
-        chunk: _Chunk,
-        report: AddReport,
-        seen: set[str],
-        written: _Written,
-        on_error: str,
-        replace_metadata: bool,
-    ) -> _Embedding:
-        """Sort a chunk into failed / unchanged / to embed, merge metadata, start embedding."""
-        to_embed: list[_Pending] = []
-        records: list[Record] = []
-        outcome: list[tuple[str, str]] = []
-        for p in chunk.items:
-            if p.error is not None:
-                if on_error == "raise":
-                    raise ImageLoadError(p.source, p.error)
-                report.failed.append(Failure(p.source, p.error, p.id))
-                continue
-            assert p.id is not None
-            p.existed = p.existing is not None or p.id in seen
-            seen.add(p.id)
-            earlier = written.metadata.get(p.id)  # written in this call, maybe not visible yet
-            base = earlier[1] if earlier is not None else None if p.existing is None else dict(p.existing.metadata)
-            p.metadata = _merged(base, p.metadata, replace_metadata)
-            if base is not None and base == p.metadata:  # same fields, same sha256: same content
-                report.unchanged.append(p.id)
-                continue
-            written.remember(chunk.number, p.id, p.metadata)
-            if p.existing is not None and _same_content(p, p.existing):
-                # metadata changed, pixels did not: keep the vector
-                records.append(Record(p.id, p.existing.vector, p.metadata))
-                outcome.append(("updated", p.id))
-            else:
-                to_embed.append(p)
-        written.forget_before(chunk.landed_before)
-        embedding = _Embedding(records, outcome, to_embed, len(chunk.items), number=chunk.number)
-        if to_embed:
-            self._embed_items(embedding)
-            report.embedded = (report.embedded or 0) + len(to_embed)
-        return embedding
-
-    def _embed_items(self, embedding: _Embedding) -> None:
-        embedder = self.embedder
-        items = embedding.to_embed
-        prepared = [i for i, p in enumerate(items) if p.tensor is not None]
-        plain = [i for i, p in enumerate(items) if p.tensor is None]
-        out = embedding.vectors = np.empty((len(items), embedder.dim), dtype=np.float32)
-        if prepared:
-            tensors = [items[i].tensor for i in prepared]
-            submit = getattr(embedder, "submit_pixels", None)
-            if submit is not None:
-                embedding.pending, embedding.pending_rows = submit(tensors), prepared
-            else:
-                embed_prepared = getattr(embedder, "embed_pixels")  # noqa: B009
-                out[prepared] = _check_vectors(embed_prepared(tensors), len(prepared), embedder)
-        if plain:
-            images = [img for i in plain if (img := items[i].image) is not None]
-            vectors = embedder.embed(images)
-            out[plain] = _check_vectors(vectors, len(plain), embedder)
-        for p in items:
-            p.tensor = None
-            p.image = None
-        embedding.embedder = embedder
 
     # -- searching ---------------------------------------------------------------------
     def search(
@@ -967,11 +435,12 @@ class ImageSearchIndex:
     ) -> list[SearchResults]:
         """:meth:`search` for many queries at once (embedded and searched in batches);
         one :class:`~lookalike.display.SearchResults` per query, in order."""
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ConfigurationError(f"k must be a positive integer, got {k!r}")
-        threshold = _check_min_score(min_score)
-        excluded = _excluded_ids(exclude)
+        k = positive_int(k, "k")
+        threshold = check_min_score(min_score)
+        excluded = excluded_ids(exclude)
         query_list = list(queries)
+        if any(isinstance(q, Text) for q in query_list):
+            text_embedder(self.embedder)  # before any work
         schema = self._existing_schema()  # a store of another embedder fails before any work
         vectors = self.embed_queries(query_list)
         if schema is None or not query_list:
@@ -990,34 +459,12 @@ class ImageSearchIndex:
         return results
 
     def embed_queries(self, queries: Sequence[QueryInput]) -> NDArray[np.float32]:
-        """Vectors for queries: images are loaded and embedded, vectors checked and
-        normalised, and stored hits or records give their stored vectors."""
-        dim = self.embedder.dim
-        out = np.zeros((len(queries), dim), dtype=np.float32)
-        to_embed: list[int] = []
-        images: list[Image.Image] = []
+        """Vectors for queries: images are loaded and embedded, texts embedded by a
+        :class:`~lookalike.protocols.TextEmbedder`, vectors checked and normalised, and
+        stored hits or records give their stored vectors."""
         stored = self._stored_vectors([q for q in queries if isinstance(q, Hit)])
-        for i, q in enumerate(queries):
-            if isinstance(q, Hit):
-                q = stored[q.id]
-            if isinstance(q, Record):
-                q = np.asarray(q.vector)
-            if isinstance(q, np.ndarray):
-                vec = as_float32(q, "query vector").reshape(-1)
-                if vec.shape[0] != dim:
-                    raise ConfigurationError(f"query vector has {vec.shape[0]} values, the index expects {dim}")
-                norm = float(np.linalg.norm(vec))
-                if not np.isfinite(vec).all() or norm == 0.0:
-                    raise ConfigurationError("query vector must be finite and non-zero")
-                out[i] = vec / norm
-            else:
-                images.append(load_image(q, min_size=getattr(self.embedder, "image_size", None)))
-                to_embed.append(i)
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            vecs = _check_vectors(self.embedder.embed(batch), len(batch), self.embedder)
-            out[to_embed[start : start + len(batch)]] = vecs
-        return out
+        return query_vectors(queries, self.embedder, image_size=self._pixel_embedder.image_size, stored=stored,
+                             batch_size=self.batch_size)
 
     def _stored_vectors(self, hits: list[Hit]) -> dict[str, Record]:
         """The stored records of hits used as queries; NotFoundError for one that is gone."""
@@ -1064,7 +511,7 @@ class ImageSearchIndex:
             for r in batch:
                 if r.path is None:
                     continue
-                problem = _missing(r.path)
+                problem = missing_file(r.path)
                 if problem is None:
                     continue
                 if problem == "":
@@ -1084,154 +531,3 @@ class ImageSearchIndex:
 
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and self._existing_schema() is not None and bool(self.store.get([id]))
-
-
-def _missing(path: str) -> str | None:
-    """``None``: the file is there; ``""``: it is really gone; else why it cannot be checked."""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):  # ENOENT, ENOTDIR: nothing can be at that path
-        return ""
-    except PermissionError:
-        return "permission denied"
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-    except ValueError as exc:  # e.g. a NUL character: not a path this system can hold
-        return str(exc)
-    return None
-
-
-#: Metadata fields the index sets itself; a user value for them is refused.
-_LIBRARY_FIELDS = (PATH_FIELD, HASH_FIELD)
-_RESERVED_WHY = {
-    PATH_FIELD: "the index stores each file's resolved path there",
-    HASH_FIELD: "the index stores the content hash there",
-}
-
-
-def _check_user_metadata(metadata: Any, where: str) -> None:
-    """Refuse reserved fields and values no store can keep, naming the field and the file."""
-    if not isinstance(metadata, Mapping):
-        raise ConfigurationError(f"metadata{where} must be a mapping, got {type(metadata).__name__}")
-    for key, value in metadata.items():
-        if key in _LIBRARY_FIELDS:
-            raise ConfigurationError(
-                f"metadata field {key!r}{where} is reserved: {_RESERVED_WHY[key]}; "
-                "give your value another name"
-            )
-        problem = value_problem(value)
-        if problem is not None:
-            raise ConfigurationError(f"metadata field {key!r}{where} {problem}")
-
-
-def _merged(stored: Mapping[str, Any] | None, given: dict[str, Any], replace: bool) -> dict[str, Any]:
-    """A record's new metadata: the stored fields (unless ``replace``) updated by the given
-    ones; ``path`` and ``sha256`` always describe the input being added."""
-    if stored is None or replace:
-        return given
-    merged = {k: v for k, v in stored.items() if k not in _LIBRARY_FIELDS}
-    merged.update(given)
-    return merged
-
-
-def _check_min_score(min_score: Any) -> float | None:
-    if min_score is None:
-        return None
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(min_score):
-        raise ConfigurationError(f"min_score must be a finite number or None, got {min_score!r}")
-    return float(min_score)
-
-
-def _excluded_ids(exclude: Any) -> set[str]:
-    """The ids in ``exclude``: one id, a hit or a record, or an iterable of those."""
-    if exclude is None:
-        return set()
-    items = [exclude] if isinstance(exclude, (str, Hit, Record)) else exclude
-    if isinstance(items, (bytes, bytearray, Mapping)) or not isinstance(items, Iterable):
-        raise ConfigurationError(f"exclude takes an id or an iterable of ids, got {type(exclude).__name__}")
-    ids = set()
-    for item in items:
-        if isinstance(item, (Hit, Record)):
-            ids.add(item.id)
-        elif isinstance(item, str):
-            ids.add(item)
-        else:
-            raise ConfigurationError(f"exclude takes ids (strings), hits or records, got {item!r}")
-    return ids
-
-
-def _check_lengths(total: int | None, ids: Any, metadata: Any) -> None:
-    if total is None:
-        return
-    if ids is not None and not isinstance(ids, str) and len(ids) != total:
-        raise ConfigurationError(f"ids has {len(ids)} entries but there are {total} images")
-    if metadata is not None and not isinstance(metadata, Mapping) and len(metadata) != total:
-        raise ConfigurationError(f"metadata has {len(metadata)} entries but there are {total} images")
-
-
-def _length(images: Iterable[Any]) -> int | None:
-    try:
-        return len(images)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _prepare_hook(embedder: Embedder) -> Any:
-    """The embedder's ``prepare`` when it also has ``embed_prepared``, else ``None``."""
-    prepare = getattr(embedder, "pixels", None)
-    if callable(prepare) and callable(getattr(embedder, "embed_pixels", None)):
-        return prepare
-    return None
-
-
-def _is_pil(obj: object) -> bool:
-    module = type(obj).__module__
-    return module.startswith("PIL.") and hasattr(obj, "getpixel")
-
-
-def _set_hash(item: _Pending, sha256: str) -> None:
-    item.sha256 = sha256
-    item.metadata[HASH_FIELD] = sha256
-
-
-def _cancel(in_flight: Iterable[tuple[_Chunk, list[Future[None]], list[_Group]]]) -> None:
-    for _, decoding, groups in in_flight:
-        for future in decoding:
-            future.cancel()
-        for group_future, _, _ in groups:
-            if group_future is not None:
-                group_future.cancel()
-
-
-def _stored_hash(item: _Pending) -> str | None:
-    known = None if item.existing is None else item.existing.metadata.get(HASH_FIELD)
-    return known if isinstance(known, str) else None
-
-
-def _same_content(item: _Pending, existing: Record) -> bool:
-    return item.sha256 is not None and existing.metadata.get(HASH_FIELD) == item.sha256
-
-
-def _last_wins(records: list[Record]) -> list[Record]:
-    by_id: dict[str, Record] = {}
-    for r in records:
-        by_id.pop(r.id, None)
-        by_id[r.id] = r
-    return list(by_id.values())
-
-
-def _check_vectors(vectors: Any, n: int, embedder: Embedder) -> NDArray[np.float32]:
-    arr = as_float32(vectors, f"the vectors {embedder!r} returned")
-    if arr.shape != (n, embedder.dim):
-        raise ConfigurationError(
-            f"{embedder!r} returned shape {arr.shape} for {n} images; expected ({n}, {embedder.dim})"
-        )
-    if not np.isfinite(arr).all():
-        raise ConfigurationError(f"{embedder!r} returned NaN or infinite values")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ConfigurationError(f"{embedder!r} returned an all-zero vector")
-    normalised: NDArray[np.float32] = (arr / norms).astype(np.float32, copy=False)
-    return normalised
-

@@ -23,15 +23,34 @@ __all__ = [
     "QueryInput",
     "Record",
     "Schema",
+    "Text",
     "Vector",
 ]
 
 Vector = NDArray[np.float32]
 MetadataValue = str | int | float | bool
 ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image"]  # noqa: UP007
-QueryInput = Union[ImageInput, NDArray[Any], "Hit", "Record"]  # noqa: UP007
+QueryInput = Union[ImageInput, NDArray[Any], "Hit", "Record", "Text"]  # noqa: UP007
 Filter = Mapping[str, Any]
 """``{"label": "cat"}`` (equality) or ``{"label": ["cat", "dog"]}`` (in); keys are ANDed."""
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text query, ``index.search(Text("a red bicycle"))``: searching by words needs an
+    embedder with a text tower (a :class:`~lookalike.protocols.TextEmbedder`).
+
+    A bare ``str`` given to ``search`` is always a path to an image file, never text.
+    """
+
+    text: str
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigurationError
+
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ConfigurationError(f"Text takes a non-empty string, got {self.text!r}")
+
 
 #: Metadata keys the facade fills in itself.
 PATH_FIELD = "path"

@@ -120,9 +120,9 @@ def test_search_and_add_with_thin_images_in_threads(resizes: list[tuple[int, int
 
 def test_decode_processes_preprocess_with_bounded_work(resizes: list[tuple[int, int]],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a decode process runs (``load_group`` with the embedder's ``process_prepare``),
+    """What a decode process runs (``load_group`` with the embedder's ``pixel_function()``),
     run here so the spy sees it."""
-    monkeypatch.setattr(_processes, "_PREPARE", tiny_embedder().process_prepare())
+    monkeypatch.setattr(_processes, "_PIXEL_FUNCTION", tiny_embedder().pixel_function())
     jobs = [_processes.Job(f"thin{i}", None, thin_png(*size), None, -1) for i, size in enumerate(SIZES)]
     done = _processes.load_group(jobs, 256, None, 0)
     assert [d.error for d in done] == [None] * len(SIZES)
