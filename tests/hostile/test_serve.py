@@ -146,7 +146,7 @@ def _hold(budget: PixelBudget, pixels: int, name: str, order: list[str]) -> None
 
 
 def test_memory_is_given_back_after_a_big_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lookalike.serve as serve
+    import lookalike.serve.limits as serve_limits
 
     trims: list[int] = []
 
@@ -154,7 +154,7 @@ def test_memory_is_given_back_after_a_big_request(monkeypatch: pytest.MonkeyPatc
         trims.append(1)
         return True
 
-    monkeypatch.setattr(serve, "release_memory", release)
+    monkeypatch.setattr(serve_limits, "release_memory", release)
     service = SearchService(ImageSearchIndex(embedder=FakeEmbedder()), Limits(max_pixels=10_000))
     service.budget.trim_after = 5_000
     with service.decoded_upload(_png(100, 100)) as image:
@@ -399,9 +399,10 @@ def test_page_re_searches_by_the_query_vector_once_the_upload_is_gone(
     import gradio as gr
 
     import lookalike.serve as serve
+    import lookalike.serve.middleware as serve_middleware
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
-    monkeypatch.setattr(serve, "UPLOAD_GRACE_S", 0.0)
+    monkeypatch.setattr(serve_middleware, "UPLOAD_GRACE_S", 0.0)
     index = ImageSearchIndex(embedder=FakeEmbedder())
     ids = [index.add(make_image(seed)) for seed in range(4)]
     service = SearchService(index, LIMITS)
