@@ -66,14 +66,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The real app (page + API, basic auth) over an in-memory index; uploads go to a temp folder."""
     from starlette.testclient import TestClient
 
-    import lookalike.serve as serve
+    import lookalike.serve.middleware as serve_middleware
 
     root = tmp_path_factory.mktemp("hostile-serve")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio-tmp"))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        mp.setattr(serve, "UPLOAD_GRACE_S", 0.0)  # delete an upload as soon as its search read it
+        mp.setattr(serve_middleware, "UPLOAD_GRACE_S", 0.0)  # delete an upload as soon as its search read it
         embedder = GatedEmbedder()
         index = ImageSearchIndex(embedder=embedder)
         for seed in range(4):
