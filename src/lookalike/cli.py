@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, sources
+from . import __version__, registry, sources
 from ._options import (
     add_batch_size_option,
     add_model_options,
@@ -26,10 +26,10 @@ from ._options import (
 from .errors import ConfigurationError, DamagedRecordWarning, ImageSearchError, quote_name
 from .images import URL_REASON, looks_like_url
 from .index import ImageSearchIndex, path_id
-from .registry import open_existing, open_index, open_store
+from .registry import open_existing, open_store
 from .types import Failure, Hit
 
-__all__ = ["COMMANDS", "add_index_options", "build_parser", "main", "positive_int"]
+__all__ = ["COMMANDS", "add_index_options", "build_parser", "main", "open_index", "positive_int"]
 
 EXIT_PARTIAL = 3
 
@@ -40,11 +40,14 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, spelling="--onnx")
 
 
-def _open(args: argparse.Namespace, *, create: bool = False) -> ImageSearchIndex:
-    """The index of a command that embeds (``index``, ``search``), from its options."""
-    return open_index(args.store, args.embedder, create=create, decode=getattr(args, "decode", "threads"),
-                      batch_size=getattr(args, "batch_size", None), fields=getattr(args, "field", None),
-                      **model_options(args))
+def open_index(args: argparse.Namespace, *, for_writing: bool = False) -> ImageSearchIndex:
+    """The index of a command that embeds, from its parsed options (see
+    :func:`lookalike.registry.open_index`); the embedder defaults to the one that built the store."""
+    return registry.open_index(
+        args.store, args.embedder, create=for_writing, decode=getattr(args, "decode", "threads"),
+        batch_size=getattr(args, "batch_size", None), fields=getattr(args, "field", None),
+        **model_options(args),
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -107,7 +110,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise ConfigurationError("nothing to index: give folders, files, globs or --csv FILE")
     metadata = dict(_parse_pairs(args.meta, "--meta")) if args.meta else None
     _images_in(inputs)
-    with _open(args, create=True) as index:
+    with open_index(args, for_writing=True) as index:
         if index.schema is not None:  # check it now; a new store is bound at the first write
             index.create_schema(fields=args.field or None)
         images = _Chain(inputs)
@@ -166,7 +169,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for key, value in _parse_pairs(args.filter, "--filter"):
         values = flt.setdefault(key, [])
         values += [v for v in value.split(",") if v not in values]
-    with _open(args) as index:
+    with open_index(args) as index:
         results = index.search_many(args.images, k=args.k, filter=flt or None)
     if args.json:
         payload = [{"query": q, "hits": [_hit_dict(h) for h in hits]} for q, hits in zip(args.images, results)]
@@ -185,7 +188,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with open_index(args.store, model=False) as index:
+    with registry.open_index(args.store, model=False) as index:
         schema = index.schema
         info = {
             "store": repr(index.store),
@@ -211,7 +214,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     ids = list(args.ids) + [path_id(p) for p in args.path]
     if not ids:
         raise ConfigurationError("give ids to delete, or --path FILE")
-    with open_index(args.store, model=False) as index:
+    with registry.open_index(args.store, model=False) as index:
         removed = index.delete(ids)
     if args.json:
         _print_json({"requested": len(ids), "deleted": removed})
@@ -221,7 +224,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    with open_index(args.store, model=False) as index:
+    with registry.open_index(args.store, model=False) as index:
         problems = index.check(fix=args.fix, rebuild=args.rebuild)
         left = index.check() if args.fix and problems else problems  # what the fix did not cure
     if args.json:
