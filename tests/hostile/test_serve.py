@@ -140,6 +140,21 @@ def test_budget_serves_first_come_first_and_never_waits_forever() -> None:
         Limits(max_pixels=1000, max_pixels_in_flight=999)
 
 
+def test_budgets_and_limits_refuse_true_as_a_count() -> None:
+    """One positive-int rule (#15): a bool is not a count, anywhere in serve."""
+    import numpy as np
+
+    from lookalike.serve import ByteBudget
+
+    with pytest.raises(ConfigurationError, match="the pixel budget must be a positive int, got True"):
+        PixelBudget(True)
+    with pytest.raises(ConfigurationError, match="the byte budget must be a positive int, got 0"):
+        ByteBudget(0)
+    with pytest.raises(ConfigurationError, match="max_k must be a positive int, got True"):
+        Limits(max_k=True)
+    assert Limits(max_k=np.int64(7)).max_k == 7 and type(Limits(max_k=np.int64(7)).max_k) is int
+
+
 def _hold(budget: PixelBudget, pixels: int, name: str, order: list[str]) -> None:
     with budget.reserve(pixels, timeout=30):
         order.append(name)
@@ -493,3 +508,4 @@ def test_no_request_leaves_anything_in_flight(app: dict[str, Any]) -> None:
     pixels, body = app["service"].budget, app["app"].state.body_budget
     assert pixels.in_flight == 0 and pixels.waiting == 0 and 0 < pixels.peak <= pixels.capacity
     assert body.in_flight == 0 and 0 < body.peak <= body.capacity
+

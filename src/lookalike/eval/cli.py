@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .._checks import positive_int
 from .._options import add_batch_size_option, add_model_options, check_calibration
 from ..errors import ConfigurationError, quote_name
 from ..registry import RUNTIMES, check_onnx_options, make_model, open_index
@@ -53,8 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..refine import parse_refinement
     from ..stores.memory import InMemoryStore
 
-    if args.k < 1:
-        raise ConfigurationError(f"-k must be positive, got {args.k}")
+    positive_int(args.k, "-k")
     names = args.embedder or ["efficientnet-lite0"]
     if args.store is not None and len(names) > 1:
         raise ConfigurationError("--store holds one embedder's vectors; leave it out to compare several")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .._checks import positive_int
 from ..errors import ConfigurationError, ImageSearchError
 
 #: Environment variable holding ``USER:PASSWORD`` for HTTP basic auth (safer than ``--auth``).
@@ -55,9 +56,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_k", "max_aspect_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, positive_int(getattr(self, name), name))
         budget = self.max_pixels_in_flight
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
             raise ConfigurationError(f"max_pixels_in_flight must be a positive int (or 0: twice max_pixels), got {budget!r}")
@@ -109,9 +108,7 @@ class PixelBudget:
     """
 
     def __init__(self, capacity: int, *, trim_after: int = 4_000_000) -> None:
-        if capacity < 1:
-            raise ConfigurationError(f"the pixel budget must be positive, got {capacity}")
-        self.capacity = capacity
+        self.capacity = positive_int(capacity, "the pixel budget")
         self.trim_after = trim_after
         self.in_flight = 0
         self.peak = 0  # the most pixels ever held at once (never above capacity)

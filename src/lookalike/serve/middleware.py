@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._checks import positive_int
 from ..errors import ConfigurationError
 from .limits import _FORM_OVERHEAD, _LOOPBACK, AUTH_ENV, Limits
 from .service import _size
@@ -35,9 +36,7 @@ class ByteBudget:
     """
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ConfigurationError(f"the byte budget must be positive, got {capacity}")
-        self.capacity = capacity
+        self.capacity = positive_int(capacity, "the byte budget")
         self.in_flight = 0
         self.peak = 0
         self._lock = threading.Lock()
