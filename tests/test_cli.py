@@ -383,16 +383,16 @@ def test_index_and_search_with_onnx_int8(capsys: pytest.CaptureFixture[str], sto
 def test_index_decode_processes_gives_the_same_index_as_threads(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lookalike.cli
+    import lookalike.registry
 
     built: list[Any] = []
-    real = lookalike.cli.ImageSearchIndex
+    real = lookalike.registry.ImageSearchIndex
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         built.append(real(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(lookalike.cli, "ImageSearchIndex", spy)
+    monkeypatch.setattr(lookalike.registry, "ImageSearchIndex", spy)
     summaries, vectors = {}, {}
     for decode in ("threads", "processes"):
         target = str(tmp_path / f"{decode}.lookalike")
@@ -415,38 +415,41 @@ def test_index_decode_processes_gives_the_same_index_as_threads(
     (["--device", "cpu"], False),
 ])
 def test_decode_auto_means_processes_when_a_torch_model_runs_on_cuda(argv: list[str], expected: bool) -> None:
-    from lookalike.cli import _decode_in_processes, build_parser
+    from lookalike.cli import build_parser
     from lookalike.embedders import ResNet50Embedder
+    from lookalike.registry import decode_in_processes
 
     args = build_parser().parse_args(["index", "photos", *argv])
-    assert _decode_in_processes(args, ResNet50Embedder(weights=None)) is expected  # built lazily: no torch yet
+    assert decode_in_processes(args.decode, args.device, ResNet50Embedder(weights=None)) is expected  # built lazily: no torch yet
 
 
 def test_decode_auto_uses_threads_for_models_that_run_on_the_cpu() -> None:
-    from lookalike.cli import _decode_in_processes, build_parser
+    from lookalike.cli import build_parser
     from lookalike.embedders import FakeEmbedder
+    from lookalike.registry import decode_in_processes
 
     args = build_parser().parse_args(["index", "photos", "--device", "cuda"])
-    assert _decode_in_processes(args, FakeEmbedder()) is False  # and ONNX Runtime's, likewise
-    assert _decode_in_processes(build_parser().parse_args(["index", "p", "--decode", "processes"]),
-                                FakeEmbedder()) is True
+    assert decode_in_processes(args.decode, args.device, FakeEmbedder()) is False  # and ONNX Runtime's, likewise
+    args = build_parser().parse_args(["index", "p", "--decode", "processes"])
+    assert decode_in_processes(args.decode, args.device, FakeEmbedder()) is True
 
 
 def test_decode_auto_on_auto_device_asks_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
-    from lookalike.cli import _decode_in_processes, build_parser
+    from lookalike.cli import build_parser
     from lookalike.embedders import ResNet50Embedder
+    from lookalike.registry import decode_in_processes
 
     args = build_parser().parse_args(["index", "photos"])
     for available in (False, True):
         monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
-        assert _decode_in_processes(args, ResNet50Embedder(weights=None)) is available
+        assert decode_in_processes(args.decode, args.device, ResNet50Embedder(weights=None)) is available
 
 
 def test_streams_option_reaches_the_model_embedder(
     capsys: pytest.CaptureFixture[str], store: str, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lookalike.cli
+    import lookalike.registry
     from lookalike.embedders import FakeEmbedder
 
     options: list[dict[str, Any]] = []
@@ -455,7 +458,7 @@ def test_streams_option_reaches_the_model_embedder(
         options.append(kwargs)
         return FakeEmbedder()
 
-    monkeypatch.setattr(lookalike.cli, "make_embedder", spy)
+    monkeypatch.setattr(lookalike.registry, "make_embedder", spy)
     run_json(capsys, "index", str(image_dir), "--store", store, "--embedder", "resnet50", "--streams", "3")
     assert options[-1]["streams"] == 3
     run_json(capsys, "index", str(image_dir), "--store", store, "--embedder", "resnet50")

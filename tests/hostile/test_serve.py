@@ -66,14 +66,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The real app (page + API, basic auth) over an in-memory index; uploads go to a temp folder."""
     from starlette.testclient import TestClient
 
-    import lookalike.serve as serve
+    import lookalike.serve.middleware as serve_middleware
 
     root = tmp_path_factory.mktemp("hostile-serve")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio-tmp"))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        mp.setattr(serve, "UPLOAD_GRACE_S", 0.0)  # delete an upload as soon as its search read it
+        mp.setattr(serve_middleware, "UPLOAD_GRACE_S", 0.0)  # delete an upload as soon as its search read it
         embedder = GatedEmbedder()
         index = ImageSearchIndex(embedder=embedder)
         for seed in range(4):
@@ -140,13 +140,28 @@ def test_budget_serves_first_come_first_and_never_waits_forever() -> None:
         Limits(max_pixels=1000, max_pixels_in_flight=999)
 
 
+def test_budgets_and_limits_refuse_true_as_a_count() -> None:
+    """One positive-int rule (#15): a bool is not a count, anywhere in serve."""
+    import numpy as np
+
+    from lookalike.serve import ByteBudget
+
+    with pytest.raises(ConfigurationError, match="the pixel budget must be a positive int, got True"):
+        PixelBudget(True)
+    with pytest.raises(ConfigurationError, match="the byte budget must be a positive int, got 0"):
+        ByteBudget(0)
+    with pytest.raises(ConfigurationError, match="max_k must be a positive int, got True"):
+        Limits(max_k=True)
+    assert Limits(max_k=np.int64(7)).max_k == 7 and type(Limits(max_k=np.int64(7)).max_k) is int
+
+
 def _hold(budget: PixelBudget, pixels: int, name: str, order: list[str]) -> None:
     with budget.reserve(pixels, timeout=30):
         order.append(name)
 
 
 def test_memory_is_given_back_after_a_big_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lookalike.serve as serve
+    import lookalike.serve.limits as serve_limits
 
     trims: list[int] = []
 
@@ -154,7 +169,7 @@ def test_memory_is_given_back_after_a_big_request(monkeypatch: pytest.MonkeyPatc
         trims.append(1)
         return True
 
-    monkeypatch.setattr(serve, "release_memory", release)
+    monkeypatch.setattr(serve_limits, "release_memory", release)
     service = SearchService(ImageSearchIndex(embedder=FakeEmbedder()), Limits(max_pixels=10_000))
     service.budget.trim_after = 5_000
     with service.decoded_upload(_png(100, 100)) as image:
@@ -399,9 +414,10 @@ def test_page_re_searches_by_the_query_vector_once_the_upload_is_gone(
     import gradio as gr
 
     import lookalike.serve as serve
+    import lookalike.serve.middleware as serve_middleware
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
-    monkeypatch.setattr(serve, "UPLOAD_GRACE_S", 0.0)
+    monkeypatch.setattr(serve_middleware, "UPLOAD_GRACE_S", 0.0)
     index = ImageSearchIndex(embedder=FakeEmbedder())
     ids = [index.add(make_image(seed)) for seed in range(4)]
     service = SearchService(index, LIMITS)
@@ -492,3 +508,4 @@ def test_no_request_leaves_anything_in_flight(app: dict[str, Any]) -> None:
     pixels, body = app["service"].budget, app["app"].state.body_budget
     assert pixels.in_flight == 0 and pixels.waiting == 0 and 0 < pixels.peak <= pixels.capacity
     assert body.in_flight == 0 and 0 < body.peak <= body.capacity
+

@@ -7,17 +7,16 @@ import json
 import sys
 from typing import Any
 
+from .._checks import positive_int
+from .._options import add_batch_size_option, add_model_options, check_calibration
 from ..errors import ConfigurationError, quote_name
-from ..registry import EMBEDDERS, check_onnx_options, make_embedder, open_store, with_onnx
+from ..registry import RUNTIMES, check_onnx_options, make_model, open_index
 from ..sources import Item
 from .datasets import load_dataset
 from .evaluation import EvalReport, Query, evaluate
 from .report import format_table, write_html
 
 __all__ = ["add_command", "cmd_eval"]
-
-RUNTIMES = {"torch": None, "onnx-fp32": "fp32", "onnx-int8": "int8"}
-
 
 def add_command(subparsers: Any) -> None:
     """Register the ``eval`` subcommand on the main parser's subparsers."""
@@ -30,9 +29,6 @@ def add_command(subparsers: Any) -> None:
         "--queries-per-class images per class are held out as queries, drawn with --seed).",
     )
     p.add_argument("dataset", metavar="DATASET", help="data set folder")
-    p.add_argument("--embedder", action="append", default=[], metavar="NAME",
-                   help=f"{', '.join(EMBEDDERS)}, resnet50:WEIGHTS.pth or torchvision:ARCH[:WEIGHTS]; "
-                   "repeat to compare several in one table (default: efficientnet-lite0)")
     p.add_argument("--store", metavar="SPEC", default=None,
                    help="store for the gallery (default: a fresh in-memory store per embedder); "
                    "a file path keeps the embeddings for the next run, one embedder only")
@@ -43,16 +39,10 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--queries-per-class", type=int, default=1, metavar="N",
                    help="folder-per-class layout: images held out per class as queries (default 1)")
     p.add_argument("--seed", type=int, default=0, help="folder-per-class layout: query draw seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default 32)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="model precision (default: fp32)")
-    p.add_argument("--runtime", action="append", default=[], choices=list(RUNTIMES), metavar="RUNTIME",
-                   help="torch (default), onnx-fp32 or onnx-int8 (ONNX Runtime on the CPU, [onnx] "
-                   "extra); repeat to compare them, one row per embedder and runtime")
-    p.add_argument("--calibration", metavar="DIR", default=None,
-                   help="images for onnx-int8 to calibrate on (up to 100); use images that are not "
-                   "in the data set, or the figures flatter int8")
+    add_batch_size_option(p)
+    add_model_options(p, compare=True, embedder_default="efficientnet-lite0",
+                      calibration_advice="use images that are not in the data set, or the figures "
+                      "flatter int8")
     p.add_argument("--json", action="store_true", help="print JSON (summary and per-query rows)")
     p.add_argument("--html", metavar="FILE", default=None,
                    help="write a self-contained HTML page: table, then every query's top-k, worst first")
@@ -61,18 +51,15 @@ def add_command(subparsers: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..index import ImageSearchIndex
     from ..refine import parse_refinement
     from ..stores.memory import InMemoryStore
 
-    if args.k < 1:
-        raise ConfigurationError(f"-k must be positive, got {args.k}")
+    positive_int(args.k, "-k")
     names = args.embedder or ["efficientnet-lite0"]
     if args.store is not None and len(names) > 1:
         raise ConfigurationError("--store holds one embedder's vectors; leave it out to compare several")
     runtimes = args.runtime or ["torch"]
-    if args.calibration and "onnx-int8" not in runtimes:
-        raise ConfigurationError("--calibration is only used with --runtime onnx-int8")
+    check_calibration(args, runtimes)
     if "onnx-int8" in runtimes:
         check_onnx_options("int8", args.calibration)
     if args.store is not None and len(runtimes) > 1:
@@ -89,12 +76,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = [(name, runtime) for name in names for runtime in runtimes]
     for name, runtime in rows:
         onnx = RUNTIMES[runtime]
-        embedder = make_embedder(name, device="cpu" if onnx else args.device, precision=args.precision)
-        if onnx:
-            embedder = with_onnx(embedder, onnx, args.calibration if onnx == "int8" else None)
+        embedder = make_model(name, device="cpu" if onnx else args.device, precision=args.precision,
+                              streams=args.streams, runtime=runtime,
+                              calibration=args.calibration if onnx == "int8" else None)
         label = name if onnx is None else f"{name} {runtime}"
-        store = open_store(args.store) if args.store is not None else InMemoryStore()
-        with ImageSearchIndex(embedder, store, batch_size=args.batch_size) as index:
+        store = args.store if args.store is not None else InMemoryStore()
+        with open_index(store, embedder, create=True, batch_size=args.batch_size) as index:
             index.create_schema()
             added = index.add_many(gallery, progress=progress)
             for failure in added.failed:
