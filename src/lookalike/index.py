@@ -260,24 +260,6 @@ class ImageSearchIndex:
         if self._schema is None:
             self.create_schema()
 
-    @property
-    def schema(self) -> Schema | None:
-        """The store's schema (model identity, dim, metric, fields); ``None`` while unbound."""
-        return self._existing_schema()
-
-    def check(self, *, fix: bool = False, rebuild: bool = False) -> list[str]:
-        """The store's integrity check: the problems found (empty when sound); ``fix`` repairs
-        what it can, ``rebuild`` rebuilds the derived search index. Raises
-        :class:`~lookalike.errors.ConfigurationError` if the store cannot check itself."""
-        check = getattr(self.store, "check", None)
-        if not callable(check):
-            raise ConfigurationError(f"{self.store!r} has no integrity check")
-        options = {"rebuild": True} if rebuild else {}
-        if fix:
-            options["fix"] = True
-        problems: list[str] = check(**options)
-        return problems
-
     # -- adding ------------------------------------------------------------------------
     def add(
         self,
