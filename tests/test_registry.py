@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lookalike import ConfigurationError
+from lookalike import ConfigurationError, registry
 from lookalike.embedders import FakeEmbedder
 from lookalike.registry import default_store_path, embedder_for_identity, make_embedder, open_store
 from lookalike.stores import InMemoryStore, LocalStore
@@ -227,3 +227,24 @@ def test_serve_does_not_import_the_cli() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+class _UrlStore(InMemoryStore):
+    """A store of a scheme of its own, as a newcomer would add one."""
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> _UrlStore:
+        store = cls()
+        store.opened_as = (url, options)  # type: ignore[attr-defined]
+        return store
+
+
+def test_a_new_store_is_one_line_in_the_store_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.STORES, "mine", f"{__name__}:_UrlStore")
+    store = registry.open_store("mine://host/db", timeout=3)
+    assert isinstance(store, _UrlStore)
+    assert store.opened_as == ("mine://host/db", {"timeout": 3})  # type: ignore[attr-defined]
+    assert isinstance(registry.open_store("mine:x"), _UrlStore)
+    with pytest.raises(ConfigurationError, match="unknown store URL 'other://x'"):
+        registry.open_store("other://x")
+    assert type(registry.open_store("memory")).__name__ == "InMemoryStore"

@@ -5,11 +5,11 @@ Heavy modules are imported only when a name is resolved."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigurationError, quote_name
 from .index import ImageSearchIndex
@@ -156,8 +156,19 @@ def default_store_path() -> Path:
     return Path(data_home) / "lookalike" / "index.lookalike"
 
 
+#: Store URL schemes: ``SCHEME:...`` or ``SCHEME://...`` opens ``module:Class``, whose
+#: ``from_url(spec, **options)`` parses the rest. A plain path is ``local:``. A new store
+#: is one file with such a class and one line here.
+STORES: dict[str, str] = {
+    "local": "lookalike.stores.local:LocalStore",
+    "memory": "lookalike.stores.memory:InMemoryStore",
+    "tencent": "lookalike.stores.tencent:TencentVectorStore",
+    "tencents": "lookalike.stores.tencent:TencentVectorStore",
+}
+
+
 def open_store(spec: str | os.PathLike[str] | None = None, **options: Any) -> VectorStore:
-    """Open a store from a spec.
+    """Open a store from a spec (the :data:`STORES` table says which class opens which):
 
     - a path (``photos.lookalike``, ``local:photos.lookalike``): :class:`~lookalike.stores.LocalStore`;
     - ``memory:``: :class:`~lookalike.stores.InMemoryStore`;
@@ -165,46 +176,26 @@ def open_store(spec: str | os.PathLike[str] | None = None, **options: Any) -> Ve
       :class:`~lookalike.stores.TencentVectorStore`, key from ``TENCENT_VECTORDB_KEY``;
     - ``None``: the default local store (:func:`default_store_path`).
     """
-    if spec is None:
-        spec = default_store_path()
-    text = os.fspath(spec)
-    if text in ("memory", "memory:"):
-        from .stores.memory import InMemoryStore
+    text = os.fspath(default_store_path() if spec is None else spec)
+    scheme = _store_scheme(text)
+    module, _, name = STORES[scheme].partition(":")
+    store_class = getattr(importlib.import_module(module), name)
+    store: VectorStore = store_class.from_url(text, **options)
+    return store
 
-        return InMemoryStore()
-    if text.startswith(("tencent://", "tencents://")):
-        return _open_tencent(text, **options)
+
+def _store_scheme(text: str) -> str:
+    """The :data:`STORES` key of a spec: its ``SCHEME:`` prefix, else ``local`` (a path)."""
+    if text == "memory":
+        return "memory"
+    scheme, colon, _ = text.partition(":")
+    if colon and scheme in STORES:
+        return scheme
     if "://" in text:
         raise ConfigurationError(
             f"unknown store URL {text!r}; use a file path, memory:, or tencent://HOST:PORT/DB/COLLECTION"
         )
-    if text.startswith("local:"):
-        text = text[len("local:") :]
-    from .stores.local import LocalStore
-
-    return LocalStore(text, **options)
-
-
-def _open_tencent(url: str, **options: Any) -> VectorStore:
-    parts = urlsplit(url)
-    segments = [unquote(s) for s in parts.path.split("/") if s]
-    if not parts.hostname or len(segments) != 2:
-        raise ConfigurationError(
-            "Tencent store URL must look like tencent://HOST:PORT/DATABASE/COLLECTION"
-        )
-    if parts.password:
-        raise ConfigurationError(
-            "do not put the API key in the store URL; set TENCENT_VECTORDB_KEY instead"
-        )
-    scheme = "https" if parts.scheme == "tencents" else "http"
-    port = f":{parts.port}" if parts.port else ""
-    from .stores.tencent import TencentVectorStore
-
-    kwargs: dict[str, Any] = {"database": segments[0], "collection": segments[1]}
-    if parts.username:
-        kwargs["username"] = unquote(parts.username)
-    kwargs.update(options)
-    return TencentVectorStore(f"{scheme}://{parts.hostname}{port}", **kwargs)
+    return "local"
 
 
 # -- building an index -----------------------------------------------------------------
