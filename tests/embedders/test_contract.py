@@ -126,3 +126,13 @@ class TestOnnxEmbedderFp32(EmbedderContract):
 
         cache: Path = tmp_path_factory.mktemp("onnx-contract")
         return OnnxEmbedder(_tiny_torch(streams=1), cache_dir=cache, batch_size=2)
+
+
+def test_onnx_takes_a_spec_as_its_source(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from lookalike.embedders import ModelSpec, OnnxEmbedder
+
+    spec: ModelSpec = _tiny_torch().spec
+    emb = OnnxEmbedder(spec, cache_dir=tmp_path / "c")
+    assert (emb.identity, emb.dim, emb.spec) == ("tiny:v1", 16, spec)
+    assert not (tmp_path / "c").exists()  # nothing exported before first use

@@ -23,6 +23,7 @@ from .._checks import optional_import, positive_int
 from ..errors import ConfigurationError, MissingDependencyError, ModelLoadError
 from ..preprocess import ImagePreprocess
 from ._torch import CPU_BATCH_SIZE, TorchEmbedder, import_torch
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -87,7 +88,8 @@ class OnnxEmbedder:
     searched with the other, like the torch precisions.
 
     Args:
-        source: a :class:`TorchEmbedder` with the built-in :class:`ImagePreprocess`
+        source: a :class:`~lookalike.embedders.spec.ModelSpec`, or a :class:`TorchEmbedder`
+            (whose spec runs here), with the built-in :class:`ImagePreprocess`
             (every ready-made one: ``ResNet50Embedder``, ``TorchvisionEmbedder``,
             ``EfficientNetLite0Embedder``). Only its module and preprocessing are used;
             its device and precision are ignored.
@@ -106,7 +108,7 @@ class OnnxEmbedder:
 
     def __init__(
         self,
-        source: TorchEmbedder,
+        source: TorchEmbedder | ModelSpec,
         *,
         quantize: str | None = None,
         calibration: Sequence[Any] | None = None,
@@ -114,6 +116,8 @@ class OnnxEmbedder:
         batch_size: int | None = None,
         threads: int | None = None,
     ) -> None:
+        if isinstance(source, ModelSpec):
+            source = TorchEmbedder(source, device="cpu")  # builds nothing: only the spec is used
         if not isinstance(source, TorchEmbedder):
             raise ConfigurationError(
                 f"OnnxEmbedder wraps a TorchEmbedder (ResNet50Embedder, TorchvisionEmbedder, "
