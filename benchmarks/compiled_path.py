@@ -93,13 +93,12 @@ def build_model(name: str) -> tuple[Any, Any]:
         model.fc = torch.nn.Identity()
         preprocess = imagenet_preprocess(256, 224)  # bilinear, ImageNet mean/std
     elif name == "efficientnet_lite0":
-        from PIL import Image
 
         from lookalike.embedders.efficientnet_lite import EfficientNetLite0Embedder
 
         emb = EfficientNetLite0Embedder(device="cpu", precision="fp32")
-        emb.embed([Image.new("RGB", (256, 256), (128, 128, 128))])  # builds the module
-        model, preprocess = emb._module, emb._preprocess
+        emb.load()  # builds the module (eval, channels_last) on the CPU
+        model, preprocess = emb._module, emb.spec.preprocess
     else:
         raise ValueError(name)
     model = model.eval().to(memory_format=torch.channels_last)

