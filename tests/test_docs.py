@@ -102,3 +102,35 @@ def test_help_points_to_docs_that_pip_users_can_reach() -> None:
     url = re.search(r"https://\S+", help_text)
     assert url is not None and url.group(0).startswith(PROJECT + "/blob/main/docs/")
     assert (ROOT / url.group(0).split("/blob/main/", 1)[1]).exists()
+
+
+def test_architecture_names_only_what_exists() -> None:
+    """docs/architecture.md is the map: every module, file and dotted name it gives exists."""
+    import importlib
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    src = ROOT / "src" / "lookalike"
+    names = set(re.findall(r"`(lookalike(?:\.\w+)+)`", text))
+    names |= {f"lookalike.{n}" for n in re.findall(r"`(_\w+\.\w+(?:\.\w+)?)(?:\(\))?`", text) if not n.endswith(".py")}
+    assert len(names) > 10
+    for name in sorted(names):
+        module, attrs = name, []
+        while True:
+            try:
+                obj = importlib.import_module(module)
+                break
+            except ImportError:
+                module, _, attr = module.rpartition(".")
+                attrs.insert(0, attr)
+                assert module, f"docs/architecture.md names {name}, which does not exist"
+        for attr in attrs:
+            assert hasattr(obj, attr), f"docs/architecture.md names {name}, which does not exist"
+            obj = getattr(obj, attr)
+    files = set(re.findall(r"`((?:stores|serve|embedders)/[\w/]+\.py|_\w+\.py|\w+\.py)`", text))
+    for file in sorted(files):
+        hits = [p for p in src.rglob(Path(file).name) if p.as_posix().endswith(file)]
+        assert hits, f"docs/architecture.md names {file}, which is not in src/lookalike"
+    for module in re.findall(r"`(_\w+)`", text):  # LocalStore's modules: stores/local/_x.py
+        if not any(src.rglob(f"{module}.py")):
+            raise AssertionError(f"docs/architecture.md names {module}, which is no module")
