@@ -174,6 +174,7 @@ def test_the_facade_and_the_pipeline_probe_no_hook_by_name() -> None:
     import inspect
 
     from lookalike import _embedding, _ingest, _inputs, _queries, index
+    from lookalike.serve import service
 
-    for module in (index, _ingest, _inputs, _queries, _embedding):
+    for module in (index, _ingest, _inputs, _queries, _embedding, service):
         assert "getattr(" not in inspect.getsource(module), module.__name__

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._embedding import pixel_embedder
 from .._version import __version__
 from ..errors import ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, decode_image, load_image, read_image_bytes
@@ -172,8 +173,7 @@ class SearchService:
         raise failure  # out of the except block: the traceback and what it held are freed
 
     def _image_size(self) -> int | None:
-        size = getattr(self.index.embedder, "image_size", None)
-        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+        return pixel_embedder(self.index.embedder).image_size  # checked once, like the index does
 
     # -- searching --------------------------------------------------------------------------------
     def search_upload(self, data: bytes, k: object = 10, filter: Any = None) -> list[Hit]:
