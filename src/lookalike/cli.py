@@ -35,7 +35,7 @@ from .types import Failure, Hit
 __all__ = ["build_parser", "main", "open_index"]
 
 #: Modules that add their own subcommands with ``add_command(subparsers)``.
-_EXTENSIONS = ("lookalike.eval.cli", "lookalike.serve")
+_EXTENSIONS = ("lookalike.eval.cli", "lookalike.serve", "lookalike.duplicates_cli")
 EXIT_PARTIAL = 3
 
 
