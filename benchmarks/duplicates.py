@@ -98,7 +98,8 @@ def upper(n: int) -> tuple[np.ndarray, np.ndarray]:
 def hamming_matrix(hashes: list[str]) -> np.ndarray:
     values = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
     x = values[:, None] ^ values[None, :]
-    return np.unpackbits(x.view(np.uint8).reshape(len(values), len(values), 8), axis=2).sum(axis=2)
+    out: np.ndarray = np.unpackbits(x.view(np.uint8).reshape(len(values), len(values), 8), axis=2).sum(axis=2)
+    return out
 
 
 def quality(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     sweep = [(round(float(t), 3), pair_quality(sims >= t, truth)) for t in np.arange(0.50, 0.995, 0.005)]
     best_t, best = max(sweep, key=lambda tp: (tp[1]["f1"], tp[0]))
     out["calibration"] = {"threshold": best_t, **best,
-                          "sweep": [{"threshold": t, **m} for t, m in sweep if round(t * 100) % 5 == 0]}
+                          "sweep": [{"threshold": t, **m} for t, m in sweep if abs(t * 40 - round(t * 40)) < 1e-6]}
     print(f"calibrated threshold {best_t} (F1 {best['f1']} on the calibration half)")
     shipped = CALIBRATED.get(embedder.identity)
     default_t = best_t if args.use_measured or shipped is None else shipped.threshold
@@ -188,7 +189,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     # negatives: highest similarity of a hard negative to its class's photo and edits
     hashes_out: dict[str, Any] = {}
     if not args.no_hashes:
-        import imagededup.methods as methods
+        import imagededup.methods as methods  # type: ignore[import-untyped]
 
         for name in HASHES:
             hasher = getattr(methods, name)(verbose=False)
@@ -370,7 +371,9 @@ def main() -> int:
     if args.what == "_phase":
         run_phase(args)
         return 0
-    env = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "") \
+        if Path("/proc/cpuinfo").exists() else ""
+    env = {"cpu": cpu_name(), "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags, "cpu_count": os.cpu_count(), "python": platform.python_version(),
            "numpy": np.__version__, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.what == "quality":

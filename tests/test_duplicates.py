@@ -31,7 +31,8 @@ DIM = 32
 
 
 def unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def near(base: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:

@@ -298,6 +298,8 @@ def _order_large(store: VectorStore, ids: Sequence[str], batch_size: int) -> Dup
     for chunk in _chunks(store, ids, batch_size):
         part = np.stack([r.vector for r in chunk]).sum(axis=0)
         total = part if total is None else total + part
+    if total is None:  # every member deleted meanwhile
+        return DuplicateGroup()
     best: tuple[float, Record] | None = None
     for chunk in _chunks(store, ids, batch_size):
         sums = np.stack([r.vector for r in chunk]) @ total

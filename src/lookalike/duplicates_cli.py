@@ -79,6 +79,7 @@ def cmd_dupes(args: argparse.Namespace) -> int:
         for w in caught:
             print(f"lookalike: warning: {w.message}", file=sys.stderr)
         moves = _plan(groups, target) if target is not None else []
+        planned = len(moves)
         failed = _apply(moves, store) if args.apply else 0
     finally:
         store.close()
@@ -94,7 +95,7 @@ def cmd_dupes(args: argparse.Namespace) -> int:
             data["moves"] = [{"id": i, "from": s, "to": d, "done": args.apply} for i, s, d in moves]
         _print_json(data)
     else:
-        _print_text(groups, moves, args.apply)
+        _print_text(groups, moves, args.apply, planned if target is not None else None)
     return 1 if failed else 0
 
 
@@ -149,7 +150,7 @@ def _apply(moves: list[tuple[str, str, str]], store: Any) -> int:
     return failed
 
 
-def _print_text(groups: Any, moves: list[tuple[str, str, str]], applied: bool) -> None:
+def _print_text(groups: Any, moves: list[tuple[str, str, str]], applied: bool, planned: int | None) -> None:
     for number, group in enumerate(groups, 1):
         print(f"# group {number}: {len(group)} images")
         for i, hit in enumerate(group):
@@ -158,8 +159,12 @@ def _print_text(groups: Any, moves: list[tuple[str, str, str]], applied: bool) -
     extra = sum(len(g) - 1 for g in groups)
     print(f"{len(groups)} groups, {extra} duplicates beyond the first of each group "
           f"(threshold {groups.threshold:.3f})")
-    if moves:
-        verb = "moved" if applied else "would move (dry run; add --apply to move)"
-        print(f"{verb} {len(moves)} files:")
-        for _, source, dest in moves:
-            print(f"  {quote_name(source)} -> {quote_name(dest)}")
+    if planned is None:
+        return
+    if applied:
+        print(f"moved {len(moves)} files" + (f" of {planned}" if len(moves) != planned else "")
+              + ("" if not moves else ":"))
+    else:
+        print(f"would move (dry run; add --apply to move) {len(moves)} files" + ("" if not moves else ":"))
+    for _, source, dest in moves:
+        print(f"  {quote_name(source)} -> {quote_name(dest)}")
