@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .duplicates_ui import add_duplicates_panel
 from .errors import (
     ConfigurationError,
     ImageLoadError,
@@ -604,6 +605,7 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         query.clear(clear, None, [*outputs, detail], api_name=False)
         gallery.select(select, [hits_state], [big, details, selected_id, detail], api_name=False)
         again.click(search_by, [selected_id, k, label], [*outputs, query], api_name=False)
+        add_duplicates_panel(gr, service)
     return demo
 
 
