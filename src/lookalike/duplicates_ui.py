@@ -52,8 +52,9 @@ def add_duplicates_panel(gr: Any, service: SearchService) -> None:
     """Add the panel to the ``gr.Blocks`` being built (call inside its ``with`` block)."""
     with gr.Accordion("Duplicates in the index", open=False, elem_id="dupes"):
         with gr.Row():
+            # no minimum/maximum here: an out-of-range value gets the library's own sentence
             threshold = gr.Number(value=None, label="Cosine threshold (empty: calibrated default)",
-                                  minimum=-1, maximum=1, step=0.01, elem_id="dupes-threshold")
+                                  step=0.01, elem_id="dupes-threshold")
             run = gr.Button("Find duplicates", elem_id="dupes-run")
         groups = gr.HTML(elem_id="dupes-groups")
     run.click(lambda t: duplicates_html(service, t), [threshold], [groups], api_name=False)
