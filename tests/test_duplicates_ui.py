@@ -108,6 +108,8 @@ def test_page_lists_duplicate_groups(server: str) -> None:
             rows = page.locator("#dupes-groups .q")
             expect(rows).to_have_count(2, timeout=30_000)
             expect(rows.first.locator(".card")).to_have_count(2)
+            expect(rows.first.locator("img.img")).to_have_count(2)  # the thumbnails survive sanitising
+            assert rows.first.locator("img.img").first.evaluate("e => e.naturalWidth") > 0
             expect(page.locator("#dupes-groups")).to_contain_text("keep")
             expect(page.locator("#dupes-groups")).to_contain_text("<b>resaved")  # shown as text
             page.screenshot(path=str(ARTIFACTS / "serve-duplicates.png"), full_page=True)

@@ -21,27 +21,37 @@ if TYPE_CHECKING:
 __all__ = ["render_groups", "render_html", "write_html"]
 
 
-def _row(thumbs: _Thumbs, number: int, group: DuplicateGroup) -> str:
+def _row(thumbs: _Thumbs, number: int, group: DuplicateGroup, inline: bool) -> str:
+    card = _inline_card if inline else _card
     rep = group.representative
     parts = [
         f'<div class="meta"><b>group {number}</b><br>{len(group)} images<br>'
         f"lowest {min(h.score for h in group):.3f}</div>",
-        _card(thumbs, rep.path, "query", f"<b>keep</b><br>{html.escape(_name(rep.path or rep.id))}",
-              rep.path or rep.id),
+        card(thumbs, rep.path, "query", f"<b>keep</b><br>{html.escape(_name(rep.path or rep.id))}",
+             rep.path or rep.id),
     ]
     for hit in group.duplicates:
         caption = f"<b>{hit.score:.3f}</b><br>{html.escape(_name(hit.path or hit.id))}"
-        parts.append(_card(thumbs, hit.path, "hit", caption, hit.path or hit.id))
+        parts.append(card(thumbs, hit.path, "hit", caption, hit.path or hit.id))
     return '<div class="q">' + "".join(parts) + "</div>"
+
+
+def _inline_card(thumbs: _Thumbs, path: str | None, kind: str, caption: str, title: str) -> str:
+    """A card whose thumbnail is an ``<img>`` with a data URI: survives HTML sanitisers
+    (Gradio's) that drop CSS background images."""
+    uri = thumbs._data_uri(path) if path is not None else None
+    img = (f'<img class="img" alt="" style="object-fit:contain" src="{uri}">' if uri
+           else '<div class="img"></div>')
+    return f'<div class="card {kind}" title="{html.escape(title)}">{img}{caption}</div>'
 
 
 def _name(text: str) -> str:
     return os.path.basename(text) or text
 
 
-def _body(groups: DuplicateGroups, thumbs: _Thumbs, limit: int | None) -> str:
+def _body(groups: DuplicateGroups, thumbs: _Thumbs, limit: int | None, inline: bool = False) -> str:
     shown = groups if limit is None else groups[:limit]
-    rows = "".join(_row(thumbs, i, g) for i, g in enumerate(shown, 1))
+    rows = "".join(_row(thumbs, i, g, inline) for i, g in enumerate(shown, 1))
     more = len(groups) - len(shown)
     tail = f"<p>... and {more} more groups</p>" if more > 0 else ""
     summary = (f"<p>{len(groups)} groups of near-duplicates, {groups.images} images, "
@@ -52,11 +62,9 @@ def _body(groups: DuplicateGroups, thumbs: _Thumbs, limit: int | None) -> str:
 
 def render_groups(groups: DuplicateGroups, *, limit: int | None = 20, thumb_size: int = 72) -> str:
     """An HTML fragment (for notebooks): the first ``limit`` groups as rows of thumbnails."""
-    thumbs = _Thumbs(thumb_size)
-    body = _body(groups, thumbs, limit)
+    body = _body(groups, _Thumbs(thumb_size), limit, inline=True)
     css = _scoped(_CSS.replace("SIZE", str(thumb_size)), ".lookalike-dupes")
-    return (f'<div class="lookalike-dupes"><style>{css}\n{chr(10).join(thumbs.rules)}</style>'
-            f"{body}</div>")
+    return f'<div class="lookalike-dupes"><style>{css}</style>{body}</div>'
 
 
 def _scoped(css: str, scope: str) -> str:
