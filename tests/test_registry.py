@@ -216,7 +216,7 @@ def test_commands_come_from_one_explicit_list() -> None:
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == [name for name, _ in COMMANDS]
-    assert [name for name, _ in COMMANDS] == ["index", "search", "info", "delete", "check", "copy", "eval", "serve"]
+    assert [name for name, _ in COMMANDS] == ["index", "search", "info", "delete", "check", "copy", "dupes", "eval", "serve"]
 
 
 def test_serve_does_not_import_the_cli() -> None:

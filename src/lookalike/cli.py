@@ -359,6 +359,12 @@ def _add_eval(sub: Any) -> None:
     add_command(sub)
 
 
+def _add_dupes(sub: Any) -> None:
+    from .duplicates_cli import add_command
+
+    add_command(sub)
+
+
 #: Every subcommand, in the order ``--help`` lists them: its name and the function that adds
 #: its parser (a new command: write ``cmd_NAME`` and ``_add_NAME``, then add a line here).
 COMMANDS: tuple[tuple[str, Callable[[Any], None]], ...] = (
@@ -368,6 +374,7 @@ COMMANDS: tuple[tuple[str, Callable[[Any], None]], ...] = (
     ("delete", _add_delete),
     ("check", _add_check),
     ("copy", _add_copy),
+    ("dupes", _add_dupes),
     ("eval", _add_eval),
     ("serve", _add_serve),
 )

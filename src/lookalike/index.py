@@ -45,7 +45,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from .duplicates import DuplicateGroups
 
 __all__ = ["ImageSearchIndex", "path_id"]
 
@@ -477,6 +477,26 @@ class ImageSearchIndex:
                 what = f"{hit.id!r} ({hit.path})" if hit.path else repr(hit.id)
                 raise NotFoundError(f"cannot search by hit {what}: it is no longer in {self.store!r}")
         return found
+
+    # -- duplicates (engine: lookalike.duplicates) ----------------------------------------
+    def find_duplicates(
+        self, threshold: float | None = None, *, filter: Filter | None = None, progress: bool = False
+    ) -> DuplicateGroups:
+        """Every group of near-duplicates among the stored images, largest first; each group a
+        list of :class:`~lookalike.Hit`, its representative first. ``threshold`` (cosine):
+        default calibrated for the store's model. See :mod:`lookalike.duplicates`."""
+        from .duplicates import find_duplicates
+
+        self._existing_schema()
+        return find_duplicates(self.store, threshold, filter=filter, progress=progress)
+
+    def duplicates_of(
+        self, image: QueryInput, threshold: float | None = None, *, filter: Filter | None = None
+    ) -> list[Hit]:
+        """The stored near-duplicates of ``image`` (stored or not), best first."""
+        from .duplicates import duplicates_of
+
+        return duplicates_of(self, image, threshold, filter=filter)
 
     # -- records -----------------------------------------------------------------------
     def get(self, id: str) -> Record:

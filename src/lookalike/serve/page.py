@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..duplicates_ui import add_duplicates_panel
 from ..errors import ImageSearchError, MissingDependencyError, NotFoundError
 from ..types import HASH_FIELD, Hit
 from .limits import _NOT_A_PATH, Rejected
@@ -249,4 +250,5 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         query.clear(clear, None, [*outputs, detail], api_name=False)
         gallery.select(select, [hits_state], [big, details, selected_id, detail], api_name=False)
         again.click(search_by, [selected_id, k, label], [*outputs, query], api_name=False)
+        add_duplicates_panel(gr, service)
     return demo

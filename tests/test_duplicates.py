@@ -1,0 +1,308 @@
+"""find_duplicates / duplicates_of (issue #19): grouping, thresholds, batching, report, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lookalike import ImageSearchIndex, Record, Schema
+from lookalike.cli import main
+from lookalike.duplicates import (
+    CALIBRATED,
+    FALLBACK_THRESHOLD,
+    FIRST_K,
+    DuplicateGroups,
+    UncalibratedThresholdWarning,
+    find_duplicates,
+)
+from lookalike.embedders import FakeEmbedder
+from lookalike.eval.duplicates_report import render_html, write_html
+from lookalike.stores import InMemoryStore, LocalStore
+
+from .conftest import make_image
+
+DIM = 32
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    out: np.ndarray = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def near(base: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
+    """A unit vector at exactly cosine ``cos`` to unit ``base``."""
+    other = rng.standard_normal(base.shape[0])
+    other -= (other @ base) * base
+    other /= np.linalg.norm(other)
+    return unit(cos * base + np.sqrt(1 - cos**2) * other)
+
+
+def planted(rng: np.random.Generator, sizes: list[int], singles: int) -> tuple[list[Record], list[set[str]]]:
+    """Groups of the given sizes (members at cosine 0.97 to their source) plus unrelated singles."""
+    records: list[Record] = []
+    groups: list[set[str]] = []
+    for g, size in enumerate(sizes):
+        base = unit(rng.standard_normal(DIM))
+        ids = {f"g{g}m{m}" for m in range(size)}
+        for m in range(size):
+            vec = base if m == 0 else near(base, 0.97, rng)
+            records.append(Record(f"g{g}m{m}", vec, {"path": f"/photos/g{g}m{m}.jpg", "label": "even" if g % 2 == 0 else "odd"}))
+        groups.append(ids)
+    for s in range(singles):
+        records.append(Record(f"single{s}", unit(rng.standard_normal(DIM)), {"path": f"/photos/s{s}.jpg", "label": "even"}))
+    return records, groups
+
+
+def make_store(kind: str, tmp_path: Path, records: list[Record], identity: str = "test:v1") -> Any:
+    store = InMemoryStore() if kind == "memory" else LocalStore(tmp_path / "s.lookalike")
+    store.create_schema(Schema(DIM, identity))
+    store.upsert(records)
+    return store
+
+
+@pytest.fixture(params=["memory", "local"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_planted_groups_are_found_exactly_once(kind: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    records, truth = planted(rng, [2, 3, 5, FIRST_K * 3], singles=60)  # one group beyond the first k
+    store = make_store(kind, tmp_path, records)
+    groups = find_duplicates(store, 0.9, batch_size=16)
+    assert isinstance(groups, DuplicateGroups) and groups.threshold == 0.9
+    assert sorted(map(len, groups), reverse=True) == [len(g) for g in groups]  # largest first
+    assert sorted(({h.id for h in g} for g in groups), key=sorted) == sorted(truth, key=sorted)
+    ids = [h.id for g in groups for h in g]
+    assert len(ids) == len(set(ids))  # never in two groups
+    for group in groups:
+        vecs = {r.id: r.vector for r in store.get([h.id for h in group])}
+        rep = group.representative
+        assert rep.score == 1.0 and rep.path == f"/photos/{rep.id}.jpg"
+        for hit in group.duplicates:
+            assert hit.score == pytest.approx(float(vecs[hit.id] @ vecs[rep.id]), abs=1e-5)
+        assert [h.score for h in group.duplicates] == sorted((h.score for h in group.duplicates), reverse=True)
+        # the representative is the medoid: highest summed similarity to the group
+        matrix = np.stack([vecs[h.id] for h in group])
+        sums = matrix @ matrix.sum(axis=0)
+        assert sums[0] == pytest.approx(sums.max(), abs=1e-5)
+    store.close()
+
+
+def test_chains_join_one_group_and_threshold_is_inclusive() -> None:
+    rng = np.random.default_rng(1)
+    a = unit(rng.standard_normal(DIM))
+    b = near(a, 0.93, rng)
+    # c at 0.93 to b but far from a: connected components put a, b, c together
+    c = near(b, 0.93, rng)
+    while float(c @ a) > 0.85:
+        c = near(b, 0.93, rng)
+    store = InMemoryStore()
+    store.create_schema(Schema(DIM, "test:v1"))
+    store.upsert([Record("a", a), Record("b", b), Record("c", c)])
+    (group,) = find_duplicates(store, 0.93 - 1e-6)
+    assert {h.id for h in group} == {"a", "b", "c"} and group.representative.id == "b"
+    assert find_duplicates(store, 0.95) == []
+
+
+def test_memory_is_bounded_by_the_batch(tmp_path: Path) -> None:
+    """Every search and get asks for at most a batch of rows, also for a group larger than a batch."""
+    rng = np.random.default_rng(2)
+    records, truth = planted(rng, [2, 12], singles=20)
+    inner = make_store("memory", tmp_path, records)
+    asked: list[tuple[str, int]] = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def search(self, vectors: np.ndarray, k: int, filter: Any = None) -> Any:
+            asked.append(("search", len(vectors)))
+            return inner.search(vectors, k, filter)
+
+        def get(self, ids: list[str]) -> Any:
+            asked.append(("get", len(ids)))
+            return inner.get(ids)
+
+    small = find_duplicates(Spy(), 0.9, batch_size=5)  # type: ignore[arg-type]
+    assert max(n for _, n in asked) <= 5 and any(w == "get" for w, _ in asked)
+    assert [{h.id for h in g} for g in small] == [truth[1], truth[0]]
+    whole = find_duplicates(inner, 0.9)
+    assert [(g[0].id, {h.id: round(h.score, 5) for h in g}) for g in small] == [
+        (g[0].id, {h.id: round(h.score, 5) for h in g}) for g in whole
+    ]
+
+
+def test_filter_limits_both_sides(kind: str, tmp_path: Path) -> None:
+    records, truth = planted(np.random.default_rng(3), [2, 3, 4], singles=5)
+    store = make_store(kind, tmp_path, records)
+    groups = find_duplicates(store, 0.9, filter={"label": "odd"})
+    assert [{h.id for h in g} for g in groups] == [truth[1]]
+    assert all(h.metadata["label"] == "odd" for g in groups for h in g)
+    store.close()
+
+
+def test_default_threshold_is_the_calibrated_one_else_a_warning() -> None:
+    identity, calibration = next(iter(CALIBRATED.items()))
+    records, _ = planted(np.random.default_rng(4), [2], singles=3)
+    store = InMemoryStore()
+    store.create_schema(Schema(DIM, identity))
+    store.upsert(records)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_duplicates(store).threshold == calibration.threshold
+    other = InMemoryStore()
+    other.create_schema(Schema(DIM, "resnet50:unknown-weights"))
+    other.upsert(records)
+    with pytest.warns(UncalibratedThresholdWarning, match="resnet50:unknown-weights.*0.9"):
+        assert find_duplicates(other).threshold == FALLBACK_THRESHOLD
+    assert find_duplicates(InMemoryStore(), 0.5) == []  # no schema yet: nothing to group
+
+
+def test_calibration_is_recorded_beside_the_model_identity() -> None:
+    from lookalike.embedders import EfficientNetLite0Embedder
+
+    identity = EfficientNetLite0Embedder().identity  # cheap: no weights load
+    assert identity in CALIBRATED
+    assert 0.5 < CALIBRATED[identity].threshold < 1.0 and "F1" in CALIBRATED[identity].measured
+
+
+# -- with images, through the facade ---------------------------------------------------------
+@pytest.fixture
+def photo_index(tmp_path: Path) -> tuple[ImageSearchIndex, Path]:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(8):
+        make_image(i, size=(160, 120)).save(root / f"p{i}.png")
+    make_image(0, size=(160, 120)).resize((80, 60)).save(root / "p0-small.jpg", quality=80)
+    make_image(3, size=(160, 120)).save(root / "p3-resaved.jpg", quality=40)
+    index = ImageSearchIndex(FakeEmbedder(), LocalStore(tmp_path / "photos.lookalike"))
+    index.add_many(sorted(root.iterdir()))
+    return index, root
+
+
+def test_facade_find_duplicates_and_duplicates_of(photo_index: tuple[ImageSearchIndex, Path], tmp_path: Path) -> None:
+    index, root = photo_index
+    groups = index.find_duplicates(0.95)
+    assert sorted(sorted(Path(h.path or "").name for h in g) for g in groups) == [
+        ["p0-small.jpg", "p0.png"], ["p3-resaved.jpg", "p3.png"]]
+    # "do I already have this?" for a picture that is not stored
+    query = tmp_path / "new.jpg"
+    make_image(5, size=(160, 120)).resize((120, 90)).save(query, quality=70)
+    found = index.duplicates_of(query, 0.95)
+    assert [Path(h.path or "").name for h in found] == ["p5.png"]
+    assert index.duplicates_of(make_image(99), 0.95) == []
+    # a stored image: its own record is left out, its duplicate is not
+    own = index.duplicates_of(root / "p3.png", 0.95)
+    assert [Path(h.path or "").name for h in own] == ["p3-resaved.jpg"]
+    index.close()
+
+
+def test_html_report_and_notebook_display(photo_index: tuple[ImageSearchIndex, Path], tmp_path: Path) -> None:
+    index, _ = photo_index
+    groups = index.find_duplicates(0.95)
+    page = render_html(groups)
+    assert page.count('class="q"') == 2 and page.count("data:image/jpeg;base64,") == 4
+    assert "keep" in page and "0.95" in page
+    fragment = groups._repr_html_()
+    assert fragment.startswith('<div class="lookalike-dupes">') and "<html" not in fragment
+    assert fragment.count("data:image/jpeg;base64,") == 4
+    out = write_html(groups, tmp_path / "d.html")
+    assert out.read_text(encoding="utf-8") == page
+    # every piece of text is escaped
+    hostile = DuplicateGroups([type(groups[0])(groups[0])], threshold=0.9)
+    from lookalike import Hit
+
+    hostile[0][1] = Hit("x", 0.97, "/tmp/<script>alert(1)</script>.jpg")
+    assert "<script>" not in render_html(hostile) and "&lt;script&gt;" in render_html(hostile)
+    index.close()
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_dupes_text_json_report(photo_index: tuple[ImageSearchIndex, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    index, root = photo_index
+    store = str(index.store.path)  # type: ignore[attr-defined]
+    index.close()
+    code, out, err = run(capsys, "dupes", "--store", store, "--threshold", "0.95", "-q")
+    assert code == 0, err
+    assert "# group 1: 2 images" in out and "2 groups, 2 duplicates" in out and "keep" in out
+    code, out, _ = run(capsys, "dupes", "--store", store, "--threshold", "0.95", "--json",
+                       "--report", str(tmp_path / "r.html"))
+    data = json.loads(out)
+    assert code == 0 and data["threshold"] == 0.95 and [len(g) for g in data["groups"]] == [2, 2]
+    assert (tmp_path / "r.html").read_text(encoding="utf-8").count('class="q"') == 2
+    # no --threshold on a model without calibration: one warning line, the fallback used
+    code, out, err = run(capsys, "dupes", "--store", store, "--json")
+    assert code == 0 and json.loads(out)["threshold"] == FALLBACK_THRESHOLD
+    assert err.count("lookalike: warning: no calibrated duplicate threshold") == 1
+    code, out, _ = run(capsys, "dupes", "--store", store, "--threshold", "0.95", "--json",
+                       "--filter", "path=" + str(root / "p0.png"))
+    assert code == 0 and json.loads(out)["groups"] == []
+
+
+def test_cli_move_is_a_dry_run_unless_applied(photo_index: tuple[ImageSearchIndex, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    index, root = photo_index
+    store = str(index.store.path)  # type: ignore[attr-defined]
+    index.close()
+    before = sorted(p.name for p in root.iterdir())
+    trash = tmp_path / "trash"
+    code, out, _ = run(capsys, "dupes", "--store", store, "--threshold", "0.95", "--move-to", str(trash), "-q")
+    assert code == 0 and "would move (dry run; add --apply to move) 2 files" in out
+    assert sorted(p.name for p in root.iterdir()) == before and not trash.exists()
+    trash.mkdir()
+    (trash / "p0-small.jpg").write_bytes(b"someone else's file")  # never overwritten
+    code, out, err = run(capsys, "dupes", "--store", store, "--threshold", "0.95", "--move-to", str(trash),
+                         "--apply", "--json")
+    assert code == 0, err
+    moves = json.loads(out)["moves"]
+    kept = {Path(g[0]["path"]).name for g in json.loads(out)["groups"]}
+    moved = {Path(m["from"]).name for m in moves}
+    assert len(moves) == 2 and all(m["done"] for m in moves) and not kept & moved
+    assert (trash / "p0-small.jpg").read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in trash.iterdir()) == sorted(["p0-small.jpg", *(Path(m["to"]).name for m in moves)])
+    assert all(Path(m["to"]).is_file() and not Path(m["from"]).exists() for m in moves)
+    assert kept <= {p.name for p in root.iterdir()}
+    with LocalStore(store) as s:
+        assert s.count() == 8  # the moved images' records are gone
+    code, out, _ = run(capsys, "dupes", "--store", store, "--threshold", "0.95", "--json")
+    assert json.loads(out)["groups"] == []
+
+
+def test_every_pair_in_a_group_is_linked_by_a_chain() -> None:
+    """Groups are exactly the connected components of the pairs at or above the threshold."""
+    rng = np.random.default_rng(5)
+    vecs = unit(rng.standard_normal((40, 6)))  # low dimension: many chance pairs and chains
+    store = InMemoryStore()
+    store.create_schema(Schema(6, "test:v1"))
+    store.upsert([Record(str(i), v) for i, v in enumerate(vecs)])
+    groups = find_duplicates(store, 0.8, batch_size=7)
+    sims = vecs @ vecs.T
+    parent = list(range(40))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for i, j in itertools.combinations(range(40), 2):
+        if sims[i, j] >= 0.8:
+            parent[root(i)] = root(j)
+    comps: dict[int, set[str]] = {}
+    for i in range(40):
+        comps.setdefault(root(i), set()).add(str(i))
+    expected = sorted((c for c in comps.values() if len(c) > 1), key=lambda c: sorted(c))
+    assert sorted(({h.id for h in g} for g in groups), key=lambda c: sorted(c)) == expected
