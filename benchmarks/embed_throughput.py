@@ -471,7 +471,7 @@ def main() -> None:
     }
     print(f"{len(paths)} images from {results['images']} (mean {mean_bytes / 1e3:.0f} kB), "
           f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"native bf16: {cpu_has_native_bf16()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"CPU {describe_cpu().model!r} (bf16 class: {describe_cpu().bf16_class}), load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         store_dir = Path(tmp)
         variants: dict[str, Any] = {}
@@ -594,8 +594,9 @@ def main() -> None:
             key = f"{key} ({row['ratio_large_over_small']:.2f}x small)"
         print(f"{key:40s}{row['img_per_s']:8.1f}{row['img_per_s_best']:8.1f}{row['cpu_ms_per_img']:11.2f}"
               f"{row['rss_peak_mib']:14.0f}" + "".join("" if r is None else f"{r:9.2f}" for r in ratios))
-    print("(median over rounds; ratios are medians of per-round ratios; "
-          f"(b) = {ceiling.precision} batch {ceiling.batch}, {ceiling.streams} stream(s))")
+    print("(median over rounds; ratios are medians of per-round ratios"
+          + ("" if args.skip_ceiling else
+             f"; (b) = {ceiling.precision} batch {ceiling.batch}, {ceiling.streams} stream(s)") + ")")
     out = args.json or Path(__file__).parent / "results" / f"embed_throughput-{Path(results['images']).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -85,6 +85,7 @@ def test_the_choice_is_cached_and_reused(tmp_path: Path) -> None:
     entry = next(iter(json.loads(path.read_text()).values()))
     assert entry["precision"] == "bf16" and entry["bf16_class"] == "avx512_bf16"
     assert entry["seconds"] == {"fp32": 1.0, "bf16": 0.5}
+    assert entry["calibration_s"] == (1.0 + 0.5) * (1 + _calibrate.ROUNDS)  # warm-ups + rounds, fake clock
     assert [p.name for p in path.parent.iterdir()] == ["precision.json"]  # no temporary left
 
 

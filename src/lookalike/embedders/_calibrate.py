@@ -158,11 +158,13 @@ def choose_cpu_precision(
     entry = read_cache(path).get(key)
     if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16"):
         return str(entry["precision"])
+    started = clock()
     seconds = measure(run, ("fp32", "bf16"), clock)
+    took = clock() - started
     choice = pick(seconds)
-    log.info("lookalike: precision auto -> %s on %s (%s): %s", choice, cpu.model, cpu.bf16_class,
-             ", ".join(f"{p} {s * 1000:.0f} ms" for p, s in seconds.items()))
-    write_cache(path, key, {"precision": choice, "seconds": seconds, "cpu": cpu.model,
+    log.info("lookalike: precision auto -> %s on %s (%s): %s; measured in %.1f s", choice, cpu.model,
+             cpu.bf16_class, ", ".join(f"{p} {s * 1000:.0f} ms" for p, s in seconds.items()), took)
+    write_cache(path, key, {"precision": choice, "seconds": seconds, "calibration_s": took, "cpu": cpu.model,
                             "bf16_class": cpu.bf16_class, "identity": identity, "torch": torch_version,
                             "threads": threads, "streams": streams, "batch": batch})
     return choice

@@ -37,7 +37,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (docs/performance.md, "Batch size")
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
-CALIBRATION_BATCH = 4  #: at most this many images per stream in the passes that choose "auto" on CPU
+CALIBRATION_BATCH = 2  #: at most this many images per stream in the passes that choose "auto" on CPU
 
 #: torch, once a model has loaded (or :class:`ForwardStreams` started): bound by
 #: :func:`import_torch`, so that ``import lookalike`` never imports it.
