@@ -129,6 +129,17 @@ def test_a_cached_entry_with_a_bogus_choice_is_measured_again(tmp_path: Path) ->
     assert _choose(model, path) == "fp32" and model.calls
 
 
+def test_a_pass_that_fails_gives_fp32_not_an_error(tmp_path: Path) -> None:
+    def run(precision: str) -> None:
+        if precision == "bf16":
+            raise RuntimeError("no bf16 kernel for this operator")
+
+    path = tmp_path / "precision.json"
+    assert choose_cpu_precision(run, cpu=AVX512, identity="m:v1", torch_version="2.5.1", threads=2,
+                                streams=2, batch=8, path=path) == "fp32"
+    assert not path.exists()  # not cached: a later torch may have the kernel
+
+
 def test_an_unwritable_cache_is_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied")

@@ -159,7 +159,12 @@ def choose_cpu_precision(
     if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16"):
         return str(entry["precision"])
     started = clock()
-    seconds = measure(run, ("fp32", "bf16"), clock)
+    try:
+        seconds = measure(run, ("fp32", "bf16"), clock)
+    except Exception as exc:  # e.g. an operator with no bf16 kernel: fp32, and the model's own
+        # errors (if any) surface on first use as they would have
+        log.warning("lookalike: precision auto could not time bf16 against fp32 (%s); using fp32", exc)
+        return "fp32"
     took = clock() - started
     choice = pick(seconds)
     log.info("lookalike: precision auto -> %s on %s (%s): %s; measured in %.1f s", choice, cpu.model,
