@@ -56,6 +56,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lookalike import ImageSearchIndex  # noqa: E402
+from lookalike.embedders._calibrate import describe_cpu  # noqa: E402
 from lookalike.embedders._torch import ForwardStreams, cpu_has_native_bf16  # noqa: E402
 from lookalike.images import IMAGE_EXTENSIONS  # noqa: E402
 from lookalike.index import default_workers  # noqa: E402
@@ -408,6 +409,7 @@ def main() -> None:
                     help="(c) decodes in worker processes (ImageSearchIndex(processes=True)); --configs "
                     "variants choose for themselves with the p flag")
     ap.add_argument("--skip-tutorial", action="store_true", help="skip (a)")
+    ap.add_argument("--skip-ceiling", action="store_true", help="skip (b) and its sweep")
     ap.add_argument("--make-large", type=Path, default=None,
                     help="write ~12 MP JPEGs made from the --images used into this folder (files already "
                     "there are kept) and use it as --large")
@@ -460,6 +462,7 @@ def main() -> None:
         "n": len(paths), "copies": args.copies, "rounds": args.rounds, "mean_file_bytes": mean_bytes,
         "device": device,
         "machine": {"cpus": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
+                    "cpu_model": describe_cpu().model, "cpu_bf16_class": describe_cpu().bf16_class,
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "cuda": torch.cuda.is_available(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -468,24 +471,28 @@ def main() -> None:
     }
     print(f"{len(paths)} images from {results['images']} (mean {mean_bytes / 1e3:.0f} kB), "
           f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"native bf16: {cpu_has_native_bf16()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"CPU {describe_cpu().model!r} (bf16 class: {describe_cpu().bf16_class}), load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         store_dir = Path(tmp)
         variants: dict[str, Any] = {}
         if not args.skip_tutorial:
             variants["a_tutorial"] = Tutorial(store_dir, device, args.tutorial_n)
             variants["a_tutorial"].extract_features(paths[0])  # warm-up
-        ceiling = Ceiling(device, args.model)
-        if device == "cpu":
-            precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
-            sweep = ceiling.sweep([8, 16, 32], precisions, (1, 2) if torch.get_num_threads() >= 2 else (1,))
-        else:
-            sweep = ceiling.sweep([64, 128, 256], ["fp16", "bf16"])
-        variants["b_ceiling"] = ceiling
+        if not args.skip_ceiling:
+            ceiling = Ceiling(device, args.model)
+            if device == "cpu":
+                precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+                sweep = ceiling.sweep([8, 16, 32], precisions, (1, 2) if torch.get_num_threads() >= 2 else (1,))
+            else:
+                sweep = ceiling.sweep([64, 128, 256], ["fp16", "bf16"])
+            variants["b_ceiling"] = ceiling
+        build_s: dict[str, float] = {}
         for precision in args.precision.split(","):
+            started = time.perf_counter()  # build + warm-up (+ the calibration of "auto" on CPU)
             variants[f"c_add_many_{precision}"] = AddMany(store_dir, precision, args.batch, args.workers,
                                                           args.model_batch, device, args.processes,
                                                           model=args.model)
+            build_s[f"c_add_many_{precision}"] = time.perf_counter() - started
         first_precision = args.precision.split(",")[0]
         first_c = f"c_add_many_{first_precision}"
         for config in filter(None, args.configs.split(",")):
@@ -543,6 +550,10 @@ def main() -> None:
                 row.update(precision=ceiling.precision, batch=ceiling.batch, streams=ceiling.streams, sweep=sweep)
             if key.startswith("c_"):
                 emb = variant.embedder
+                if key in build_s:
+                    row["build_and_warm_up_s"] = build_s[key]
+                if key != "c_add_many_fp32" and "c_add_many_fp32" in rates:  # per round, same minute
+                    row["ratio_over_fp32_rounds"] = [c / b for c, b in zip(rates[key], rates["c_add_many_fp32"])]
                 row.update(resolved_precision=getattr(emb, "precision", None) or f"onnx-{emb.quantize or 'fp32'}",
                            workers=variant.resolved_workers, batch=variant.batch, model_batch=emb.batch_size,
                            streams=getattr(emb, "streams", None),
@@ -583,8 +594,9 @@ def main() -> None:
             key = f"{key} ({row['ratio_large_over_small']:.2f}x small)"
         print(f"{key:40s}{row['img_per_s']:8.1f}{row['img_per_s_best']:8.1f}{row['cpu_ms_per_img']:11.2f}"
               f"{row['rss_peak_mib']:14.0f}" + "".join("" if r is None else f"{r:9.2f}" for r in ratios))
-    print("(median over rounds; ratios are medians of per-round ratios; "
-          f"(b) = {ceiling.precision} batch {ceiling.batch}, {ceiling.streams} stream(s))")
+    print("(median over rounds; ratios are medians of per-round ratios"
+          + ("" if args.skip_ceiling else
+             f"; (b) = {ceiling.precision} batch {ceiling.batch}, {ceiling.streams} stream(s)") + ")")
     out = args.json or Path(__file__).parent / "results" / f"embed_throughput-{Path(results['images']).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -86,7 +86,8 @@ def add_model_options(
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-        help="model precision (default: auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32)",
+        help="model precision (default: auto = $LOOKALIKE_PRECISION if set, else fp16 on CUDA, and on a CPU "
+        "fp32 or bf16, whichever a short timing on the model found faster, cached)",
     )
     parser.add_argument(
         "--streams", type=int, metavar="N", default=None,

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from .._checks import positive_int
 from ..errors import ConfigurationError, MissingDependencyError
 from ..preprocess import MAX_STRETCH, ImagePreprocess
+from . import _calibrate
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (docs/performance.md, "Batch size")
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
+CALIBRATION_BATCH = 2  #: at most this many images per stream in the passes that choose "auto" on CPU
 
 #: torch, once a model has loaded (or :class:`ForwardStreams` started): bound by
 #: :func:`import_torch`, so that ``import lookalike`` never imports it.
@@ -56,16 +58,9 @@ def import_torch(feature: str, extras: Sequence[str] = ("torch",)) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AMX-BF16 or AVX512-BF16 (bf16 matmuls run natively there)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"amx_bf16", "avx512_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+    """True on CPUs with AMX-BF16 or AVX512-BF16 (bf16 matmuls run natively there; whether
+    faster than fp32 is another matter: ``precision="auto"`` measures that)."""
+    return _calibrate.describe_cpu().native_bf16
 
 
 class ForwardStreams:
@@ -153,8 +148,12 @@ class TorchEmbedder:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         precision: ``"fp32"`` (default here, since an arbitrary module's tolerance of
             low precision is unknown), ``"bf16"`` (autocast), ``"fp16"`` (autocast,
-            CUDA only), or ``"auto"``: bf16 on CPUs with native bf16 (AMX or
-            AVX512-BF16), fp16 on CUDA, else fp32. The ready-made model embedders
+            CUDA only), or ``"auto"``: fp16 on CUDA; on a CPU with native bf16 (AMX or
+            AVX512-BF16) whichever of fp32 and bf16 a few timed forward passes find
+            faster (bf16 only when faster by more than 10%), cached per CPU, model,
+            torch version, threads and streams in the cache directory; else fp32.
+            ``$LOOKALIKE_PRECISION`` overrides ``"auto"``; :attr:`precision` holds
+            the choice once loaded. The ready-made model embedders
             default to ``"auto"``. Precision is not part of ``identity``: bf16/fp16
             vectors stay within about 0.5% (cosine > 0.99) of fp32 ones, so stores may
             mix them (speed and accuracy: docs/performance.md).
@@ -243,7 +242,8 @@ class TorchEmbedder:
         return self.spec.extras
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(identity={self.identity!r}, device={self._device_name!r}, precision={self._precision!r})"
+        precision = self.precision if self._ready else self._precision  # the choice, once loaded
+        return f"{type(self).__name__}(identity={self.identity!r}, device={self._device_name!r}, precision={precision!r})"
 
     def load(self) -> None:
         """Load the model now (it is otherwise loaded on first use); thread-safe.
@@ -283,7 +283,50 @@ class TorchEmbedder:
         if self.device.type == "cpu" or self.device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         self._module = module
+        if self.precision == "auto":  # only on CPU: measured on this model, or cached
+            self.precision = _calibrate.choose_cpu_precision(
+                self._calibration_pass(), cpu=_calibrate.describe_cpu(), identity=self.identity,
+                torch_version=str(torch.__version__), threads=torch.get_num_threads(),
+                streams=self.streams, batch=self.batch_size)
         self._ready = True
+
+    def _calibration_pass(self) -> Callable[[str], None]:
+        """One forward pass per stream side by side (as ``add_many`` runs them) of up to
+        :data:`CALIBRATION_BATCH` images each, in the given precision: what
+        ``precision="auto"`` times on the CPU. The streams are those the embedder runs on."""
+        n = min(self.batch_size, CALIBRATION_BATCH)
+        batch: Any = None
+        streams: ForwardStreams | None = None
+
+        def run(precision: str) -> None:
+            nonlocal batch, streams
+            if batch is None:
+                batch = self._sample_batch(n)
+                if self.streams > 1:
+                    streams = self._forward_streams = ForwardStreams(self.streams)
+            saved, self.precision = self.precision, precision
+            try:
+                with torch.inference_mode():
+                    if streams is None:
+                        self._eager(batch)
+                    else:
+                        streams.map(self._eager, [batch] * streams.count)
+            finally:
+                self.precision = saved
+        return run
+
+    def _sample_batch(self, n: int) -> Any:
+        """``n`` copies of a noise image, preprocessed: the model's input shape."""
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        image = Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB")
+        if isinstance(self._preprocess, ImagePreprocess):
+            host = torch.from_numpy(np.stack([self._preprocess.pixels(image)] * n))
+            batch = self._preprocess.normalize(host.to(self.device))
+        else:
+            batch = torch.stack([self._preprocess(image)] * n)
+        return batch.to(self.device).contiguous(memory_format=torch.channels_last)
 
     def _resolve_device(self) -> Any:
         name = self._device_name
@@ -298,11 +341,15 @@ class TorchEmbedder:
         return device
 
     def _resolve_precision(self) -> str:
+        """The precision to run; ``"auto"`` on CPU is left for :meth:`_load_now` to
+        measure once the model is built."""
         p = self._precision
+        if p == "auto":
+            p = _calibrate.env_precision(PRECISIONS) or "auto"
         if p == "auto":
             if self.device.type == "cuda":
                 return "fp16"
-            return "bf16" if cpu_has_native_bf16() else "fp32"
+            return "auto"
         if p == "fp16" and self.device.type == "cpu":
             raise ConfigurationError("precision='fp16' needs a CUDA device; use 'bf16' on CPU")
         return p
