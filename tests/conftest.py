@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from lookalike.embedders._calibrate import describe_cpu
+
 pytest_plugins = ("pytester",)  # tests run user-side test files (lookalike.testing, doc blocks)
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "reverse_image_search"
 if not DATASET.is_dir():  # CI clones next to shared/ too; allow an override
     DATASET = Path(os.environ.get("LOOKALIKE_DATASET", str(DATASET)))
+
+_NATIVE_BF16 = describe_cpu().native_bf16
 
 needs_dataset = pytest.mark.skipif(
     not (DATASET / "train").is_dir(),
@@ -32,6 +36,10 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
     # exported ONNX models (OnnxEmbedder) go to the test session's temp dir, not ~/.cache
     monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "lookalike-cache"))
+    # precision="auto" times fp32 against bf16 on first load; timings on a loaded CI machine
+    # may go either way, so tests get a fixed answer (bf16 where the CPU has it natively).
+    # tests/embedders/test_auto_precision.py tests the timing itself with a fake clock.
+    monkeypatch.setenv("LOOKALIKE_PRECISION", "bf16" if _NATIVE_BF16 else "fp32")
 
 
 def make_image(seed: int, size: tuple[int, int] = (96, 80), mode: str = "RGB") -> Image.Image:

@@ -51,7 +51,8 @@ def test_graph_replay_matches_eager_for_full_partial_and_oversized_batches(preci
     assert np.isfinite(mixed).all() and np.allclose(np.linalg.norm(mixed, axis=1), 1, atol=1e-4)
 
 
-def test_auto_precision_is_fp16_on_cuda_and_close_to_fp32() -> None:
+def test_auto_precision_is_fp16_on_cuda_and_close_to_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOOKALIKE_PRECISION", raising=False)  # conftest fixes "auto" for the CPU
     auto, fp32 = _embedder(), _embedder(precision="fp32")
     images = _pictures(24)
     a, b = auto.embed(images), fp32.embed(images)  # type: ignore[attr-defined]
