@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +15,7 @@ from lookalike.serve import SearchService
 from lookalike.stores import LocalStore
 
 from .conftest import make_image
-from .test_serve import ARTIFACTS, CHROMIUM, _free_port, _launch_chromium, _no_traceback
+from .test_serve import ARTIFACTS, CHROMIUM, _launch_chromium, _no_traceback, serve_process
 
 
 @pytest.fixture(scope="module")
@@ -54,40 +50,8 @@ def test_panel_content(photos: Path) -> None:
 @pytest.fixture(scope="module")
 def server(photos: Path) -> Iterator[str]:
     pytest.importorskip("gradio", reason="the [ui] extra (gradio) is not installed")
-    import httpx
-
-    (photos / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(photos / "gradio-tmp"), "TMPDIR": str(photos / "tmp"),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    env.pop("LOOKALIKE_SERVE_AUTH", None)
-    port = _free_port()
-    cmd = [sys.executable, "-m", "lookalike", "serve", "--store", str(photos / "s.lookalike"), "--port", str(port)]
-    log = open(photos / "serve.log", "w+")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=photos)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"lookalike serve exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if httpx.get(url + "/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("lookalike serve did not answer within 60 s")
-            time.sleep(0.25)
+    with serve_process(photos / "s.lookalike", photos) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_page_lists_duplicate_groups(server: str) -> None:

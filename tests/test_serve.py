@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -259,48 +260,52 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(gallery: dict[str, Path]) -> Iterator[str]:
-    """`lookalike serve` on a loopback port over the gallery; yields its URL."""
-    pytest.importorskip("gradio", reason="the [ui] extra (gradio) is not installed")
+@contextlib.contextmanager
+def serve_process(store: Path, root: Path) -> Iterator[str]:
+    """`lookalike serve` over ``store`` on a loopback port, its files (and ``serve.log``)
+    under ``root``; yields its URL."""
     import httpx
 
-    root = gallery["root"]
     (root / "tmp").mkdir(exist_ok=True)
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio-tmp"), "TMPDIR": str(root / "tmp"),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("LOOKALIKE_SERVE_AUTH", None)
     port = _free_port()
-    cmd = [sys.executable, "-m", "lookalike", "serve", "--store", str(gallery["store"]), "--port", str(port)]
-    log = open(root / "serve.log", "w+")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"lookalike serve exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if httpx.get(url + "/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("lookalike serve did not answer within 60 s")
-            time.sleep(0.25)
-        yield url
-    finally:
-        proc.terminate()
+    cmd = [sys.executable, "-m", "lookalike", "serve", "--store", str(store), "--port", str(port)]
+    with open(root / "serve.log", "w+") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.seek(0)
-        output = log.read()
-        log.close()
-        assert "serving 12 images" in output
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"lookalike serve exited with {proc.returncode}:\n{log.read()}")
+                try:
+                    if httpx.get(url + "/", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail("lookalike serve did not answer within 60 s")
+                time.sleep(0.25)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(gallery: dict[str, Path]) -> Iterator[str]:
+    """`lookalike serve` on a loopback port over the gallery; yields its URL."""
+    pytest.importorskip("gradio", reason="the [ui] extra (gradio) is not installed")
+    with serve_process(gallery["store"], gallery["root"]) as url:
+        yield url
+    assert "serving 12 images" in (gallery["root"] / "serve.log").read_text()
 
 
 def _gradio_call(url: str, data: list[Any]) -> tuple[str, Any]:
