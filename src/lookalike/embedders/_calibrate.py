@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._cache import cache_root
 from ..errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,7 @@ def env_precision(choices: tuple[str, ...]) -> str | None:
 def cache_path() -> Path:
     """``precision.json`` in ``$LOOKALIKE_CACHE_DIR``, else ``$XDG_CACHE_HOME/lookalike``,
     else ``~/.cache/lookalike`` (the ONNX exports' cache directory's parent)."""
-    if os.environ.get("LOOKALIKE_CACHE_DIR"):
-        base = Path(os.environ["LOOKALIKE_CACHE_DIR"]).expanduser()
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lookalike"
-    return base / "precision.json"
+    return cache_root() / "precision.json"
 
 
 def cache_key(cpu: CpuDescription, identity: str, torch_version: str, threads: int, streams: int,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._cache import cache_root
 from .._checks import optional_import, positive_int
 from ..errors import ConfigurationError, MissingDependencyError, ModelLoadError
 from ..preprocess import ImagePreprocess
@@ -40,10 +41,7 @@ _INPUT, _OUTPUT = "pixels", "features"
 def default_cache_dir() -> Path:
     """Where exported models go: ``$LOOKALIKE_CACHE_DIR/onnx``, else
     ``$XDG_CACHE_HOME/lookalike/onnx``, else ``~/.cache/lookalike/onnx``."""
-    if os.environ.get("LOOKALIKE_CACHE_DIR"):
-        return Path(os.environ["LOOKALIKE_CACHE_DIR"]).expanduser() / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "lookalike" / "onnx"
+    return cache_root() / "onnx"
 
 
 def _import_ort(feature: str, source: TorchEmbedder) -> Any:
