@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .report import _CSS, _card, _Thumbs
+from .report import _CSS, _card, _page, _Thumbs
 
 if TYPE_CHECKING:
     from ..duplicates import DuplicateGroup, DuplicateGroups
@@ -84,14 +84,7 @@ def render_html(groups: DuplicateGroups, *, title: str = "lookalike duplicates",
                 notes: tuple[str, ...] = ()) -> str:
     """The whole page as a string: every group, largest first."""
     thumbs = _Thumbs(thumb_size)
-    body = _body(groups, thumbs, None)
-    note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    css = _CSS.replace("SIZE", str(thumb_size)) + "\n".join(thumbs.rules)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{css}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{note_html}{body}</body></html>\n"
-    )
+    return _page(title, notes, thumbs, _body(groups, thumbs, None))
 
 
 def write_html(groups: DuplicateGroups, path: str | os.PathLike[str], **options: object) -> Path:

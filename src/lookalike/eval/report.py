@@ -138,12 +138,18 @@ def render_html(reports: Sequence[EvalReport], *, title: str = "lookalike eval",
             "queries worst first (by AP); green = relevant, red = not.</p>"
             f"{blocks}</details>"
         )
+    return _page(title, notes, thumbs, table + "".join(sections))
+
+
+def _page(title: str, notes: Sequence[str], thumbs: _Thumbs, body: str) -> str:
+    """A whole self-contained HTML page: the title, the notes, then ``body``, with the
+    thumbnails' CSS rules inlined."""
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    css = _CSS.replace("SIZE", str(thumb_size)) + "\n".join(thumbs.rules)
+    css = _CSS.replace("SIZE", str(thumbs.size)) + "\n".join(thumbs.rules)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{css}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{note_html}{table}{''.join(sections)}</body></html>\n"
+        f"<h1>{html.escape(title)}</h1>{note_html}{body}</body></html>\n"
     )
 
 
