@@ -1,0 +1,230 @@
+"""JPEG bytes to model pixels on the model's device: the GPU pixel path of ``add_many`` (#20).
+
+:class:`JpegBatchDecoder` takes the encoded bytes of a chunk of files and hands back, for
+each one it can take, the ``(crop, crop, 3)`` uint8 tensor that
+:meth:`ImagePreprocess.pixels <lookalike.preprocess.ImagePreprocess.pixels>` would give,
+already on the device: batched ``torchvision.io.decode_jpeg(list, device="cuda")`` (nvJPEG),
+then EXIF orientation, resize (antialiased, the recipe's interpolation) and centre crop
+there. Each file it does not take comes back as ``None`` and goes down the CPU path (Pillow,
+with its error reporting): not a baseline 8-bit RGB or greyscale JPEG (PNG, CMYK, progressive,
+12-bit, MPO...), too many pixels, a shape the CPU path bounds specially (very thin images,
+images smaller than the crop), or a decode error. Only ever imported with torch loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..images import DEFAULT_MAX_PIXELS
+from ..preprocess import MAX_STRETCH, ImagePreprocess
+
+__all__ = ["DEFAULT_BATCH_PIXELS", "JpegBatchDecoder", "gpu_decode_problem"]
+
+#: Decoded pixels (width x height, summed) per ``decode_jpeg`` call: bounds the device
+#: memory a chunk of large photos takes at once (64 MP = 192 MiB of RGB uint8).
+DEFAULT_BATCH_PIXELS = 64_000_000
+#: The interpolations torch resizes like Pillow (antialiased); others stay on the CPU path.
+INTERPOLATIONS = ("bilinear", "bicubic")
+#: How far from the end of a file its end-of-image marker may lie (trailing bytes after it);
+#: a file without one there is truncated, and the CPU path reports it as such.
+_EOI_TAIL = 4096
+#: EXIF orientation -> (transpose first, flip left-right, flip top-bottom), as Pillow's
+#: ``ImageOps.exif_transpose`` applies it.
+_ORIENT = {2: (False, True, False), 3: (False, True, True), 4: (False, False, True), 5: (True, False, False),
+           6: (True, True, False), 7: (True, True, True), 8: (True, False, True)}
+
+
+def gpu_decode_problem(preprocess: object) -> str | None:
+    """Why the GPU pixel path cannot run this preprocessing, or ``None`` when it can."""
+    if not isinstance(preprocess, ImagePreprocess):
+        return "the model's preprocess is a custom callable, not an ImagePreprocess recipe"
+    if preprocess.interpolation not in INTERPOLATIONS:
+        return f"torch has no antialiased {preprocess.interpolation!r} resize (only {', '.join(INTERPOLATIONS)})"
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError as exc:
+        return f"torchvision.io.decode_jpeg is not available ({exc})"
+    return None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the header says about one JPEG the device path takes."""
+
+    index: int
+    width: int  # as stored, before orientation
+    height: int
+    orientation: int
+    size: tuple[int, int]  # (new_h, new_w) after orientation and resize
+
+
+class JpegBatchDecoder:
+    """Decode JPEG bytes in batches on ``device`` and make the recipe's pixels there.
+
+    Args:
+        preprocess: the model's recipe (resize, crop, interpolation); normalisation stays
+            with the model (:meth:`ImagePreprocess.normalize`).
+        device: the torch device (``cuda``: nvJPEG; ``cpu``: libjpeg-turbo, the same code
+            path, which the CPU tests and the identity benchmark run).
+        batch_pixels: at most this many decoded pixels per ``decode_jpeg`` call.
+        max_pixels: larger images go to the CPU path (which refuses them by name).
+        decode: ``torchvision.io.decode_jpeg`` or a stand-in with its signature.
+
+    Files the CPU path treats specially are declined by their header, before any decode:
+    not ``FF D8 FF`` (PNG, WebP, ...), no end-of-image marker in the last 4 KiB
+    (truncated), not a baseline JPEG in RGB or greyscale, more than ``max_pixels``,
+    resized longer than ``MAX_STRETCH`` crops, or smaller than the crop once resized.
+    """
+
+    def __init__(
+        self, preprocess: ImagePreprocess, device: Any, *, batch_pixels: int = DEFAULT_BATCH_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS, decode: Callable[..., Any] | None = None,
+    ) -> None:
+        problem = gpu_decode_problem(preprocess)
+        if problem is not None:
+            raise ConfigurationError(f"decode='gpu' cannot run: {problem}")
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        self.torch = torch
+        self.preprocess = preprocess
+        self.device = torch.device(device)
+        self.batch_pixels = batch_pixels
+        self.max_pixels = max_pixels
+        self._decode = decode or decode_jpeg
+        self._rgb = ImageReadMode.RGB
+        self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        #: files taken / handed back to the CPU path since this decoder was built
+        self.taken = 0
+        self.declined = 0
+
+    def __call__(self, encoded: Sequence[bytes]) -> list[Any | None]:
+        """For each file: its ``(crop, crop, 3)`` uint8 pixels on the device, or ``None``
+        (the CPU path decodes it). The returned tensors are ready (the work is synchronised)."""
+        plans = [plan for i, data in enumerate(encoded) if (plan := self._plan(i, data)) is not None]
+        out: list[Any | None] = [None] * len(encoded)
+        torch = self.torch
+        context: Any = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with context, torch.inference_mode():
+            for group in self._groups(plans):
+                images = self._decoded([encoded[p.index] for p in group])
+                kept = [(p, img) for p, img in zip(group, images) if img is not None and
+                        tuple(img.shape) == (3, p.height, p.width)]
+                for plan, pixels in self._pixels(kept):
+                    out[plan.index] = pixels
+        if self._stream is not None:
+            self._stream.synchronize()
+        taken = sum(x is not None for x in out)
+        self.taken += taken
+        self.declined += len(out) - taken
+        return out
+
+    # -- the header: which files the device takes ------------------------------------------
+    def _plan(self, index: int, data: bytes) -> _Plan | None:
+        if data[:3] != b"\xff\xd8\xff":
+            return None  # not a JPEG: PNG, WebP, ... (or garbage, which Pillow names)
+        if data.rfind(b"\xff\xd9", max(0, len(data) - _EOI_TAIL)) < 0:
+            return None  # no end-of-image marker near the end: truncated; Pillow says so
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(data)) as img:
+                    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                        return None  # MPO, CMYK/YCCK, ... : Pillow's path
+                    if img.info.get("progressive") or img.info.get("progression"):
+                        return None
+                    if img.info.get("adobe_transform") == 0 and img.mode == "RGB":
+                        return None  # RGB stored without YCbCr: Pillow knows, nvJPEG may not
+                    width, height = img.size
+                    try:
+                        orientation = int(img.getexif().get(0x0112, 1))
+                    except Exception:  # a broken EXIF block: the CPU path ignores it too
+                        orientation = 1
+        except Exception:
+            return None  # Pillow cannot even read the header: the CPU path reports why
+        if width * height > self.max_pixels or width == 0 or height == 0:
+            return None
+        w, h = (height, width) if _ORIENT.get(orientation, (False,))[0] else (width, height)
+        p = self.preprocess
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = p.resize, int(p.resize * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if new_long > MAX_STRETCH * max(p.resize, p.crop) or p.crop > new_w or p.crop > new_h:
+            return None  # thin or smaller than the crop: the CPU path's bounded resize / padding
+        return _Plan(index, width, height, orientation, (new_h, new_w))
+
+    def _groups(self, plans: list[_Plan]) -> list[list[_Plan]]:
+        """Consecutive plans, at most ``batch_pixels`` decoded pixels per group (at least one file)."""
+        groups: list[list[_Plan]] = []
+        current: list[_Plan] = []
+        pixels = 0
+        for plan in plans:
+            size = plan.width * plan.height
+            if current and pixels + size > self.batch_pixels:
+                groups.append(current)
+                current, pixels = [], 0
+            current.append(plan)
+            pixels += size
+        if current:
+            groups.append(current)
+        return groups
+
+    # -- decode, orient, resize, crop ------------------------------------------------------
+    def _decoded(self, datas: list[bytes]) -> list[Any | None]:
+        """``decode_jpeg`` on the whole list; if that fails, file by file (``None`` where one fails)."""
+        torch = self.torch
+        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        try:
+            return list(self._call_decode(tensors))
+        except Exception:  # decode_jpeg returns nothing when one file fails: find which
+            results: list[Any | None] = []
+            for t in tensors:
+                try:
+                    results.append(self._call_decode([t])[0])
+                except Exception:
+                    results.append(None)
+            return results
+
+    def _call_decode(self, tensors: list[Any]) -> list[Any]:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            got = self._decode(tensors, mode=self._rgb, device=self.device)
+        return list(got)
+
+    def _pixels(self, kept: list[tuple[_Plan, Any]]) -> list[tuple[_Plan, Any]]:
+        """Orient, resize (images of one shape together) and crop: ``(crop, crop, 3)`` uint8."""
+        torch = self.torch
+        by_shape: dict[tuple[int, int, int], list[tuple[_Plan, Any]]] = {}
+        for plan, img in kept:
+            by_shape.setdefault((plan.width, plan.height, plan.orientation), []).append((plan, img))
+        done: list[tuple[_Plan, Any]] = []
+        p = self.preprocess
+        c = p.crop
+        for same in by_shape.values():
+            plan = same[0][0]
+            batch = torch.stack([img for _, img in same])
+            transpose, flip_lr, flip_tb = _ORIENT.get(plan.orientation, (False, False, False))
+            if transpose:
+                batch = batch.transpose(2, 3)
+            dims = [d for d, flip in ((3, flip_lr), (2, flip_tb)) if flip]
+            if dims:
+                batch = batch.flip(dims)
+            new_h, new_w = plan.size
+            if (new_h, new_w) != tuple(batch.shape[2:]):
+                x = torch.nn.functional.interpolate(batch.to(torch.float32), size=(new_h, new_w),
+                                                    mode=p.interpolation, align_corners=False, antialias=True)
+                batch = x.round_().clamp_(0, 255).to(torch.uint8)
+            top, left = int(round((new_h - c) / 2.0)), int(round((new_w - c) / 2.0))
+            crops = batch[:, :, top : top + c, left : left + c].permute(0, 2, 3, 1).contiguous()
+            done.extend((pl, crops[i]) for i, (pl, _) in enumerate(same))
+        return done
+
