@@ -49,16 +49,16 @@ class Recording:
 def twin(**options: Any) -> tuple[TorchEmbedder, Recording]:
     """A tiny torch model on the CPU whose add_many goes through the device decoder's CPU twin."""
     emb = TorchEmbedder(tiny_module(), RECIPE, dim=16, identity="tiny:v1", device="cpu",
-                        precision="fp32", streams=1, **options)
+                        precision="fp32", streams=1, image_size=40, **options)
     emb.load()
-    recording = Recording(JpegBatchDecoder(RECIPE, "cpu"))
+    recording = Recording(JpegBatchDecoder(RECIPE, "cpu", draft_size=40))
     emb.jpeg_decoder = recording
     return emb, recording
 
 
 def plain(**options: Any) -> TorchEmbedder:
     return TorchEmbedder(tiny_module(), RECIPE, dim=16, identity="tiny:v1", device="cpu",
-                         precision="fp32", streams=1, **options)
+                         precision="fp32", streams=1, image_size=40, **options)
 
 
 def jpeg(seed: int, size: tuple[int, int] = (96, 80), **kwargs: Any) -> bytes:
@@ -83,7 +83,7 @@ def close(a: Any, b: np.ndarray, mean: float = 1.5) -> bool:
 # -- the decoder alone ------------------------------------------------------------------
 def test_decoder_makes_the_recipes_pixels_for_plain_jpegs() -> None:
     datas = [jpeg(i, size) for i, size in enumerate([(96, 80), (80, 96), (60, 60), (300, 120), (40, 41)])]
-    got = JpegBatchDecoder(RECIPE, "cpu")(datas)
+    got = JpegBatchDecoder(RECIPE, "cpu", draft_size=40)(datas)
     assert all(g is not None and g.dtype == torch.uint8 for g in got)
     for g, data in zip(got, datas):
         assert close(g.numpy(), cpu_pixels(data)), "the tensor recipe must match Pillow's within rounding"
@@ -97,7 +97,7 @@ def test_decoder_applies_exif_orientation_as_pillow_does(orientation: int) -> No
     img.paste((30, 250, 30), (90, 40, 120, 72))
     img.paste((30, 30, 250), (0, 50, 20, 72))
     data = with_orientation(img, orientation)
-    got = JpegBatchDecoder(RECIPE, "cpu")([data])[0]
+    got = JpegBatchDecoder(RECIPE, "cpu", draft_size=40)([data])[0]
     assert got is not None
     assert close(got.numpy(), cpu_pixels(data), mean=3.0)
 
@@ -114,6 +114,21 @@ def test_decoder_declines_what_the_cpu_path_treats_specially(tmp_path: Path) -> 
     got = decoder([cmyk, progressive, png, thin, good, truncated, garbage])
     assert [g is not None for g in got] == [False, False, False, False, True, False, False]
     assert (decoder.taken, decoder.declined) == (1, 6)
+
+
+def test_decoder_averages_large_jpegs_as_pillow_decodes_them_at_reduced_scale() -> None:
+    """The CPU path decodes a JPEG whose short side is >= 2x image_size at 1/2..1/8 scale;
+    the device path averages the same blocks, so both resize the same picture."""
+    data = encode(make_image(7, (400, 330)).resize((400, 330)), "JPEG", quality=95)  # 1/8 scale on Pillow
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (49, 41))
+    assert img.size == (50, 42)  # Pillow's reduced scale: ceil(400 / 8) x ceil(330 / 8)
+    reference = cpu_pixels(data)
+    drafted = JpegBatchDecoder(RECIPE, "cpu", draft_size=40)([data])[0]
+    full = JpegBatchDecoder(RECIPE, "cpu")([data])[0]
+    assert drafted is not None and full is not None
+    error = [float(np.abs(x.numpy().astype(np.int16) - reference.astype(np.int16)).mean()) for x in (drafted, full)]
+    assert error[0] < 1.5 and error[0] < error[1] / 2
 
 
 def test_decoder_declines_more_pixels_than_its_limit() -> None:

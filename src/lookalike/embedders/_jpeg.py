@@ -61,6 +61,7 @@ class _Plan:
     width: int  # as stored, before orientation
     height: int
     orientation: int
+    scale: int  # 1, 2, 4 or 8: the reduced scale Pillow decodes this file at (``draft``)
     size: tuple[int, int]  # (new_h, new_w) after orientation and resize
 
 
@@ -74,6 +75,11 @@ class JpegBatchDecoder:
             path, which the CPU tests and the identity benchmark run).
         batch_pixels: at most this many decoded pixels per ``decode_jpeg`` call.
         max_pixels: larger images go to the CPU path (which refuses them by name).
+        draft_size: the embedder's ``image_size``: where the CPU path decodes a large JPEG at
+            1/2, 1/4 or 1/8 scale (:func:`lookalike.images.decode_image`), the decoded
+            image is averaged over the same 2x2, 4x4 or 8x8 blocks before the resize, so both
+            paths resize the same picture (docs/performance.md: without it, cosine down to
+            0.96 on such files; with it, >= 0.997).
         decode: ``torchvision.io.decode_jpeg`` or a stand-in with its signature.
 
     Files the CPU path treats specially are declined by their header, before any decode:
@@ -84,7 +90,8 @@ class JpegBatchDecoder:
 
     def __init__(
         self, preprocess: ImagePreprocess, device: Any, *, batch_pixels: int = DEFAULT_BATCH_PIXELS,
-        max_pixels: int = DEFAULT_MAX_PIXELS, decode: Callable[..., Any] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+        decode: Callable[..., Any] | None = None,
     ) -> None:
         problem = gpu_decode_problem(preprocess)
         if problem is not None:
@@ -97,6 +104,7 @@ class JpegBatchDecoder:
         self.device = torch.device(device)
         self.batch_pixels = batch_pixels
         self.max_pixels = max_pixels
+        self.draft_size = draft_size
         self._decode = decode or decode_jpeg
         self._rgb = ImageReadMode.RGB
         self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
@@ -152,14 +160,26 @@ class JpegBatchDecoder:
             return None  # Pillow cannot even read the header: the CPU path reports why
         if width * height > self.max_pixels or width == 0 or height == 0:
             return None
-        w, h = (height, width) if _ORIENT.get(orientation, (False,))[0] else (width, height)
+        scale = self._draft_scale(width, height)
+        w, h = -(-width // scale), -(-height // scale)
+        w, h = (h, w) if _ORIENT.get(orientation, (False,))[0] else (w, h)
         p = self.preprocess
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = p.resize, int(p.resize * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if new_long > MAX_STRETCH * max(p.resize, p.crop) or p.crop > new_w or p.crop > new_h:
             return None  # thin or smaller than the crop: the CPU path's bounded resize / padding
-        return _Plan(index, width, height, orientation, (new_h, new_w))
+        return _Plan(index, width, height, orientation, scale, (new_h, new_w))
+
+    def _draft_scale(self, width: int, height: int) -> int:
+        """The reduced scale :func:`lookalike.images.decode_image` has Pillow decode at (its
+        ``draft`` call, and Pillow's choice of 8, 4, 2 or 1 for it)."""
+        if not self.draft_size or min(width, height) < 2 * self.draft_size:
+            return 1
+        scale = min(width, height) / self.draft_size
+        wanted = (int(width / scale) + 1, int(height / scale) + 1)
+        fits = min(width // wanted[0], height // wanted[1])
+        return next(s for s in (8, 4, 2, 1) if fits >= s)
 
     def _groups(self, plans: list[_Plan]) -> list[list[_Plan]]:
         """Consecutive plans, at most ``batch_pixels`` decoded pixels per group (at least one file)."""
@@ -203,15 +223,18 @@ class JpegBatchDecoder:
     def _pixels(self, kept: list[tuple[_Plan, Any]]) -> list[tuple[_Plan, Any]]:
         """Orient, resize (images of one shape together) and crop: ``(crop, crop, 3)`` uint8."""
         torch = self.torch
-        by_shape: dict[tuple[int, int, int], list[tuple[_Plan, Any]]] = {}
+        by_shape: dict[tuple[int, int, int, int], list[tuple[_Plan, Any]]] = {}
         for plan, img in kept:
-            by_shape.setdefault((plan.width, plan.height, plan.orientation), []).append((plan, img))
+            by_shape.setdefault((plan.width, plan.height, plan.orientation, plan.scale), []).append((plan, img))
         done: list[tuple[_Plan, Any]] = []
         p = self.preprocess
         c = p.crop
         for same in by_shape.values():
             plan = same[0][0]
             batch = torch.stack([img for _, img in same])
+            if plan.scale > 1:  # Pillow's reduced-scale decode, as block means, rounded to uint8
+                batch = torch.nn.functional.avg_pool2d(batch.to(torch.float32), plan.scale, plan.scale,
+                                                       ceil_mode=True, count_include_pad=False).round_()
             transpose, flip_lr, flip_tb = _ORIENT.get(plan.orientation, (False, False, False))
             if transpose:
                 batch = batch.transpose(2, 3)
@@ -222,7 +245,8 @@ class JpegBatchDecoder:
             if (new_h, new_w) != tuple(batch.shape[2:]):
                 x = torch.nn.functional.interpolate(batch.to(torch.float32), size=(new_h, new_w),
                                                     mode=p.interpolation, align_corners=False, antialias=True)
-                batch = x.round_().clamp_(0, 255).to(torch.uint8)
+                batch = x.round_().clamp_(0, 255)
+            batch = batch.to(torch.uint8)
             top, left = int(round((new_h - c) / 2.0)), int(round((new_w - c) / 2.0))
             crops = batch[:, :, top : top + c, left : left + c].permute(0, 2, 3, 1).contiguous()
             done.extend((pl, crops[i]) for i, (pl, _) in enumerate(same))

@@ -375,7 +375,7 @@ class TorchEmbedder:
                 raise ConfigurationError(f"decode='gpu' cannot run: {problem}")
             return None  # auto: the CPU path
         assert isinstance(self._preprocess, ImagePreprocess)
-        return JpegBatchDecoder(self._preprocess, self.device)
+        return JpegBatchDecoder(self._preprocess, self.device, draft_size=self.image_size)
 
     def decodes_jpeg(self) -> bool:
         """Whether ``add_many`` hands this model JPEG bytes (:meth:`jpeg_pixels`). With
