@@ -86,7 +86,7 @@ def test_decoder_makes_the_recipes_pixels_for_plain_jpegs() -> None:
     got = JpegBatchDecoder(RECIPE, "cpu", draft_size=40)(datas)
     assert all(g is not None and g.dtype == torch.uint8 for g in got)
     for g, data in zip(got, datas):
-        assert close(g.numpy(), cpu_pixels(data)), "the tensor recipe must match Pillow's within rounding"
+        assert g is not None and close(g.numpy(), cpu_pixels(data)), "the tensor recipe must match Pillow's within rounding"
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -99,7 +99,7 @@ class JpegBatchDecoder:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        self.torch = torch
+        self.torch: Any = torch  # used as untyped, like the runner's module-level torch
         self.preprocess = preprocess
         self.device = torch.device(device)
         self.batch_pixels = batch_pixels
@@ -107,7 +107,9 @@ class JpegBatchDecoder:
         self.draft_size = draft_size
         self._decode = decode or decode_jpeg
         self._rgb = ImageReadMode.RGB
-        self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        # decode + resize run on a stream of their own, from the producer thread; the runner
+        # marks each tensor as used on its own stream (record_stream) before reading it
+        self._stream: Any = self.torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
         #: files taken / handed back to the CPU path since this decoder was built
         self.taken = 0
         self.declined = 0
