@@ -109,6 +109,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True)
     ap.add_argument("--device", default="cpu", help="where the tensor path decodes and the model runs")
+    ap.add_argument("--full-decode", action="store_true",
+                    help="decode large JPEGs at full scale on the tensor path (no emulation of Pillow's "
+                    "reduced-scale decode): the first version, for comparison")
     ap.add_argument("--json", type=Path, default=None,
                     help="default benchmarks/results/gpu_decode_identity-<device>.json")
     args = ap.parse_args()
@@ -123,7 +126,7 @@ def main() -> None:
     emb = EfficientNetLite0Embedder(device=args.device, precision="fp32", batch_size=50)
     emb.load()
     recipe = emb.spec.preprocess
-    decoder = JpegBatchDecoder(recipe, emb.device, draft_size=emb.image_size)
+    decoder = JpegBatchDecoder(recipe, emb.device, draft_size=None if args.full_decode else emb.image_size)
     started = time.perf_counter()
     cpu = emb.embed_pixels(cpu_pixels(emb, datas))
     cpu_s = time.perf_counter() - started
@@ -159,7 +162,7 @@ def main() -> None:
                     "cpu_bf16_class": describe_cpu().bf16_class, "torch": torch.__version__,
                     "python": platform.python_version(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "model": emb.identity, "precision": "fp32",
+        "model": emb.identity, "precision": "fp32", "full_decode": args.full_decode,
         "images": len(paths), "taken_by_tensor_path": int(taken.sum()),
         "declined_to_pillow": int((~taken).sum()),
         "cosine_taken": stats(taken_cos),
