@@ -296,3 +296,51 @@ def test_add_many_with_processes_reads_in_threads_and_sends_the_rest_to_processe
         index.close()
     assert recording.calls == [9] and recording.inner.taken == 4  # the files were read here, not deferred
     assert len(report.added) == 8 and {Path(f.source).name for f in report.failed} == {"03.jpg", "07.jpg"}
+
+
+# -- the header reader against Pillow's opinion -------------------------------------------
+def pillow_header(data: bytes) -> tuple[int, int, int] | None:
+    """What Pillow says of a file, put as read_header answers: (width, height, orientation)
+    for a sequential 8-bit RGB or greyscale JPEG, else None."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None
+            if img.info.get("progressive") or img.info.get("progression"):
+                return None
+            if img.info.get("adobe_transform") == 0 and img.mode == "RGB":
+                return None
+            try:
+                orientation = int(img.getexif().get(0x0112, 1))
+            except Exception:
+                orientation = 1
+            return img.width, img.height, orientation
+    except Exception:
+        return None
+
+
+def _variants() -> list[bytes]:
+    out = [jpeg(0), jpeg(1, (640, 480)), encode(make_image(2).convert("L"), "JPEG"),
+           encode(make_image(3).convert("CMYK"), "JPEG"), jpeg(4, progressive=True),
+           encode(make_image(5), "PNG"), b"\xff\xd8\xff\xe0\x00", b"\xff\xd8", b"",
+           encode(make_image(6), "JPEG", quality=50, subsampling=0),
+           encode(make_image(7), "JPEG", quality=90, subsampling=2)]
+    for orientation in (1, 3, 6, 8):
+        out.append(with_orientation(make_image(8 + orientation), orientation))
+    return out
+
+
+def test_header_reader_agrees_with_pillow_on_generated_files() -> None:
+    from lookalike.embedders._jpeg import read_header
+
+    for data in _variants():
+        assert read_header(data) == pillow_header(data), data[:16]
+
+
+def test_header_reader_agrees_with_pillow_on_the_shared_photos(dataset: Path) -> None:
+    from lookalike.embedders._jpeg import read_header
+
+    files = sorted((dataset / "train").glob("*/*.JPEG"))[::10]  # 100 photos, 2 of them greyscale
+    for path in files:
+        data = path.read_bytes()
+        assert read_header(data) == pillow_header(data), path

@@ -14,7 +14,7 @@ images smaller than the crop), or a decode error. Only ever imported with torch 
 from __future__ import annotations
 
 import contextlib
-import io
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from ..errors import ConfigurationError
 from ..images import DEFAULT_MAX_PIXELS
 from ..preprocess import MAX_STRETCH, ImagePreprocess
 
-__all__ = ["DEFAULT_BATCH_PIXELS", "JpegBatchDecoder", "gpu_decode_problem"]
+__all__ = ["DEFAULT_BATCH_PIXELS", "JpegBatchDecoder", "gpu_decode_problem", "read_header"]
 
 #: Decoded pixels (width x height, summed) per ``decode_jpeg`` call: bounds the device
 #: memory a chunk of large photos takes at once (64 MP = 192 MiB of RGB uint8).
@@ -51,6 +51,90 @@ def gpu_decode_problem(preprocess: object) -> str | None:
     except ImportError as exc:
         return f"torchvision.io.decode_jpeg is not available ({exc})"
     return None
+
+
+#: Frame markers of the JPEGs the device takes: baseline and extended sequential, Huffman.
+_SEQUENTIAL = (0xC0, 0xC1)
+#: Every other frame marker (progressive, lossless, arithmetic): Pillow's path.
+_OTHER_FRAMES = frozenset({0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def read_header(data: bytes) -> tuple[int, int, int] | None:
+    """``(width, height, EXIF orientation)`` of a JPEG the device path takes, from its markers
+    alone (no pixels decoded; a few microseconds, where ``PIL.Image.open`` takes ten times
+    that), or ``None``: not a JPEG, progressive or other non-sequential frame, not 8-bit, not
+    1 or 3 components, RGB stored without YCbCr (Adobe transform 0, or components named
+    R, G, B), a multi-picture file (MPO), or markers that do not add up. A broken EXIF block
+    reads as orientation 1, as the CPU path ignores it."""
+    n = len(data)
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, orientation, adobe, frame = 2, 1, -1, None
+    exif_seen = False
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        if marker in (0xD8, 0xD9):
+            return None
+        length = (data[i + 2] << 8) | data[i + 3]
+        if length < 2 or i + 2 + length > n:
+            return None
+        start, end = i + 4, i + 2 + length  # the segment, sliced only where it is read
+        if marker == 0xDA:  # start of scan: the header is over
+            break
+        if marker in _SEQUENTIAL:
+            if frame is not None or length < 8:
+                return None
+            frame = data[start:end]
+        elif marker in _OTHER_FRAMES:
+            return None
+        elif marker == 0xE1 and not exif_seen and data.startswith(b"Exif\x00\x00", start):
+            exif_seen = True  # Pillow reads the first one
+            orientation = _exif_orientation(data[start + 6 : end])
+        elif marker == 0xE2 and data.startswith(b"MPF\x00", start):
+            return None  # Pillow opens it as MPO
+        elif marker == 0xEE and length >= 14 and data.startswith(b"Adobe", start):
+            adobe = data[start + 11]
+        i = end
+    else:
+        return None  # no start of scan
+    if frame is None or frame[0] != 8:
+        return None
+    height, width, components = (frame[1] << 8) | frame[2], (frame[3] << 8) | frame[4], frame[5]
+    if components == 3:
+        if adobe == 0 or frame[6 : 6 + 9 : 3] == b"RGB":
+            return None
+    elif components != 1:
+        return None  # CMYK / YCCK
+    return width, height, orientation
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block; 1 where there is none or
+    the block is broken."""
+    try:
+        order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+        (offset,) = struct.unpack(order + "I", tiff[4:8])
+        (count,) = struct.unpack(order + "H", tiff[offset : offset + 2])
+        for k in range(count):
+            at = offset + 2 + 12 * k
+            tag, kind = struct.unpack(order + "HH", tiff[at : at + 4])
+            if tag == 0x0112:
+                if kind == 3:  # SHORT
+                    return int(struct.unpack(order + "H", tiff[at + 8 : at + 10])[0])
+                if kind == 4:  # LONG
+                    return int(struct.unpack(order + "I", tiff[at + 8 : at + 12])[0])
+                return 1
+    except (KeyError, struct.error):
+        return 1
+    return 1
 
 
 @dataclass(frozen=True)
@@ -141,25 +225,10 @@ class JpegBatchDecoder:
             return None  # not a JPEG: PNG, WebP, ... (or garbage, which Pillow names)
         if data.rfind(b"\xff\xd9", max(0, len(data) - _EOI_TAIL)) < 0:
             return None  # no end-of-image marker near the end: truncated; Pillow says so
-        from PIL import Image
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(io.BytesIO(data)) as img:
-                    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-                        return None  # MPO, CMYK/YCCK, ... : Pillow's path
-                    if img.info.get("progressive") or img.info.get("progression"):
-                        return None
-                    if img.info.get("adobe_transform") == 0 and img.mode == "RGB":
-                        return None  # RGB stored without YCbCr: Pillow knows, nvJPEG may not
-                    width, height = img.size
-                    try:
-                        orientation = int(img.getexif().get(0x0112, 1))
-                    except Exception:  # a broken EXIF block: the CPU path ignores it too
-                        orientation = 1
-        except Exception:
-            return None  # Pillow cannot even read the header: the CPU path reports why
+        header = read_header(data)
+        if header is None:
+            return None  # not a baseline 8-bit RGB or greyscale JPEG (or unreadable): Pillow's path
+        width, height, orientation = header
         if width * height > self.max_pixels or width == 0 or height == 0:
             return None
         scale = self._draft_scale(width, height)
