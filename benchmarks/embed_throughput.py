@@ -423,9 +423,10 @@ class AddManyGpuDecode(AddMany):
         emb.jpeg_decoder = JpegBatchDecoder(emb.spec.preprocess, emb.device, draft_size=emb.image_size)
 
     def run(self, paths: list[Path]) -> float:
-        rate = super().run(paths)
         decoder = self.embedder.jpeg_decoder
-        self.taken, self.declined = decoder.taken, decoder.declined
+        taken, declined = decoder.taken, decoder.declined
+        rate = super().run(paths)
+        self.taken, self.declined = decoder.taken - taken, decoder.declined - declined  # this round's
         return rate
 
 
@@ -724,7 +725,7 @@ def main() -> None:
                     row["ratio_large_over_small"] = float(np.median(
                         [c / b for c, b in zip(rates[key], rates[first_c])]))
             if key == "e_add_many_gpu_decode":
-                row.update(files_taken_by_gpu=variant.taken, files_left_to_pillow=variant.declined,
+                row.update(files_taken_by_gpu_last_round=variant.taken, files_left_to_pillow_last_round=variant.declined,
                            ratio_gpu_over_cpu_decode=float(np.median(
                                [c / b for c, b in zip(rates[key], rates[first_c])])))
                 if "b_ceiling" in rates:

@@ -166,6 +166,15 @@ def test_decoder_finds_the_file_that_failed_a_batch() -> None:
             assert close(g.numpy(), cpu_pixels(data))
 
 
+def test_without_torchvision_decode_jpeg_auto_keeps_pillow_and_gpu_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lookalike.embedders._jpeg import gpu_decode_problem
+
+    monkeypatch.delattr(torchvision.io, "decode_jpeg")  # a torchvision that dropped it (TorchCodec)
+    assert "decode_jpeg is not available" in (gpu_decode_problem(RECIPE) or "")
+    with pytest.raises(ConfigurationError, match="decode='gpu' cannot run: torchvision.io.decode_jpeg"):
+        JpegBatchDecoder(RECIPE, "cpu")
+
+
 def test_decoder_refuses_a_recipe_torch_cannot_resize_like_pillow() -> None:
     with pytest.raises(ConfigurationError, match="lanczos"):
         JpegBatchDecoder(ImagePreprocess(40, 32, (0.5,) * 3, (0.5,) * 3, "lanczos"), "cpu")
