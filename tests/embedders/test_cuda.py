@@ -133,7 +133,10 @@ def test_nvjpeg_pixels_match_the_cpu_twin_and_pillow(tmp_path: Path) -> None:
 
 
 def test_decode_auto_on_cuda_decodes_on_the_gpu() -> None:
-    assert _embedder(decode="auto").decodes_jpeg() is True  # type: ignore[attr-defined]
+    auto = _embedder(decode="auto")
+    assert auto.decodes_jpeg() is True  # type: ignore[attr-defined]
+    # the forward pass's CUDA graph is captured before the decoder's stream starts beside it
+    assert auto._graphs and all(g is not None for g in auto._graphs.values())  # type: ignore[attr-defined]
     assert _embedder().decodes_jpeg() is False  # type: ignore[attr-defined]  # the default stays "cpu"
 
 

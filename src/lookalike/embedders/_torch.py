@@ -383,6 +383,11 @@ class TorchEmbedder:
         if self._decode == "cpu" and self.jpeg_decoder is None:
             return False
         self._ensure_ready()
+        if self.jpeg_decoder is not None and self.device.type == "cuda" and self.cuda_graphs:
+            with self._graph_lock:
+                captured = bool(self._graphs)
+            if not captured:  # capture the CUDA graph now, before the decoder's stream runs beside it
+                self._forward(self._sample_batch(1))
         return self.jpeg_decoder is not None
 
     def jpeg_pixels(self, encoded: Sequence[bytes]) -> list[Any | None]:
