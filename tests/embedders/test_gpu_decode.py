@@ -194,6 +194,14 @@ def test_decode_gpu_on_the_cpu_says_it_needs_cuda() -> None:
         emb.load()
 
 
+def test_add_many_with_decode_gpu_on_the_cpu_fails_with_that_reason_and_stores_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(jpeg(0))
+    index = ImageSearchIndex(embedder=plain(decode="gpu"), store=InMemoryStore())
+    with pytest.raises(ConfigurationError, match="decode='gpu' cannot run: the model runs on the CPU"):
+        index.add_many([tmp_path / "a.jpg"])
+    assert len(index) == 0
+
+
 def test_decode_auto_on_the_cpu_and_cpu_keep_the_pillow_path() -> None:
     auto, cpu = plain(decode="auto"), plain()
     assert cpu.decodes_jpeg() is False and not cpu._ready  # answered without loading the model
