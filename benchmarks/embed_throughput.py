@@ -15,6 +15,12 @@ In one process, on the same images:
     timed apart as ``onnx_build_s``);
 (d) with ``--decode-ceiling``: the same per-image reading and decoding with no model, in
     add_many's worker threads and in one process per CPU (what the CPUs can feed).
+(e) with ``--gpu-decode`` (issue #20; CUDA only, recorded as skipped with the reason
+    elsewhere): (c) with ``decode="gpu"`` (the JPEGs decoded, resized and cropped on the
+    GPU in batches), and the GPU decode ceiling: files read and hashed in threads,
+    decoded and cropped on the GPU, no model; printed beside the CPU decode (c), the
+    model-only ceiling (b) and (d); with ``--memory-stream`` the stream runs on the GPU
+    path too, sampling host RSS and GPU memory.
 
 The images are split in ``--rounds`` slices and every variant runs on each slice back to
 back, so the shared machine's noise hits all variants alike. Prints img/s (median over
@@ -30,7 +36,7 @@ instead ((a) stays the tutorial's ResNet50). Examples::
     # ONNX Runtime fp32 / int8 against torch bf16, end to end (docs/performance.md)
     .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search/train \
         --n 300 --skip-tutorial --precision auto --onnx fp32,int8 --model efficientnet-lite0
-    # on a GPU machine (docs/performance.md, "On a GPU")
+    # on a GPU machine (docs/performance.md, "On a GPU"); benchmarks/gpu_check.sh adds --gpu-decode
     python benchmarks/embed_throughput.py --images DIR --n 300 --copies 20 --tutorial-n 100 \
         --decode-ceiling --make-large /tmp/large --memory-stream 20000
 """
@@ -393,6 +399,145 @@ def memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[str, 
             "rss_peak_mib": mon.summary()["rss_peak_mib"]}
 
 
+# -- (e) the GPU pixel path (#20) ------------------------------------------------------------
+def gpu_decode_unavailable(device: str, mode: str) -> str | None:
+    """Why (e) cannot run here, or ``None`` (``mode`` ``cpu-twin``: a dry run on the CPU)."""
+    import torch
+
+    if mode == "cpu-twin":
+        return None
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return f"no CUDA device (device {device!r}): the GPU decode path and its ceiling need one"
+    return None
+
+
+class AddManyGpuDecode(AddMany):
+    """(c) with the JPEGs decoded on the GPU (``decode="gpu"``): the same embedder settings."""
+
+    def __init__(self, store_dir: Path, precision: str, batch: int, workers: int | None,
+                 model_batch: int | None, device: str, model: str) -> None:
+        super().__init__(store_dir, precision, batch, workers, model_batch, device, processes=False, model=model)
+        from lookalike.embedders._jpeg import JpegBatchDecoder
+
+        emb = self.embedder  # loaded by the warm-up: now decode its JPEGs on the device, as decode="gpu" does
+        emb.jpeg_decoder = JpegBatchDecoder(emb.spec.preprocess, emb.device, draft_size=emb.image_size)
+
+    def run(self, paths: list[Path]) -> float:
+        decoder = self.embedder.jpeg_decoder
+        taken, declined = decoder.taken, decoder.declined
+        rate = super().run(paths)
+        self.taken, self.declined = decoder.taken - taken, decoder.declined - declined  # this round's
+        return rate
+
+
+class GpuDecodeCeiling:
+    """(e) what the GPU pixel path can feed with no model: read + sha256 in ``workers``
+    threads, then ``JpegBatchDecoder`` on chunks of ``batch`` files (pixels left on the GPU)."""
+
+    def __init__(self, device: str, workers: int, batch: int, model: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from lookalike.embedders._jpeg import JpegBatchDecoder
+
+        emb = torch_embedder(model, device=device)
+        self.decoder = JpegBatchDecoder(emb.spec.preprocess, device, draft_size=emb.image_size)
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.batch = batch
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        from lookalike.images import read_image_bytes
+
+        encoded = read_image_bytes(path)
+        encoded.sha256  # noqa: B018  (add_many hashes every file)
+        return encoded.data
+
+    def run(self, paths: list[Path]) -> float:
+        import torch
+
+        self.decoder([self._read(p) for p in paths[: self.batch]])  # warm up nvJPEG
+        started = time.perf_counter()
+        chunks = [paths[i : i + self.batch] for i in range(0, len(paths), self.batch)]
+        reading = self.pool.map(lambda chunk: list(map(self._read, chunk)), chunks)  # reads run ahead
+        for datas in reading:
+            self.decoder(datas)
+        if self.decoder.device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(paths) / (time.perf_counter() - started)
+
+
+def gpu_memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[str, Any]:
+    """:func:`memory_stream` on the GPU path (its own store), sampling host RSS and the GPU
+    memory torch holds along the stream: both flat after the first chunks = bounded."""
+    import torch
+
+    from lookalike.sources import Item
+
+    def gpu_mib() -> float:
+        return torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+    proc = psutil.Process()
+    samples: list[tuple[int, float, float]] = []
+    every = max(1, min(100, total // 20))
+
+    def stream() -> Any:
+        for i in range(total):
+            if i % every == 0:
+                samples.append((i, proc.memory_info().rss / 2**20, gpu_mib()))
+            yield Item(paths[i % len(paths)], id=f"img{i:07d}")
+
+    store = LocalStore(variant.store_dir / "stream-gpu-decode.lookalike")
+    index = ImageSearchIndex(embedder=variant.embedder, store=store, batch_size=variant.batch,
+                             workers=variant.workers)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    with RssMonitor() as mon:
+        report = index.add_many(stream())
+    seconds = time.perf_counter() - started
+    assert len(report.added) == total, str(report)
+    index.close()
+    tenth = [(r, g) for i, r, g in samples if i >= total // 10]
+    return {"images": total, "img_per_s": total / seconds, "samples_i_rss_mib_gpu_mib": samples,
+            "rss_at_10pct_mib": tenth[0][0], "rss_max_after_10pct_mib": max(r for r, _ in tenth),
+            "rss_peak_mib": mon.summary()["rss_peak_mib"],
+            "gpu_allocated_at_10pct_mib": tenth[0][1], "gpu_allocated_max_after_10pct_mib": max(g for _, g in tenth),
+            "gpu_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+
+
+def add_gpu_decode(variants: dict[str, Any], results: dict[str, Any], args: Any, store_dir: Path,
+                   device: str, first_precision: str) -> None:
+    """Add (e) to ``variants`` (same rounds as the others), or record why it is skipped."""
+    why = gpu_decode_unavailable(device, args.gpu_decode)
+    if why is not None:
+        results["e_gpu_decode"] = {"skipped": why}
+        print(f"  (e) GPU decode skipped: {why}", flush=True)
+        return
+    if args.gpu_decode == "cpu-twin":
+        results["e_gpu_decode"] = {"dry_run": "cpu-twin: decode_jpeg on the CPU; checks the script, not a figure"}
+    variants["e_add_many_gpu_decode"] = AddManyGpuDecode(store_dir, first_precision, args.batch, args.workers,
+                                                         args.model_batch, device, args.model)
+    variants["e_decode_gpu"] = GpuDecodeCeiling(device, args.workers or default_workers(), args.batch, args.model)
+
+
+def print_gpu_decode(results: dict[str, Any], first_c: str) -> None:
+    """CPU decode, GPU decode and the model-only ceiling, side by side."""
+    row = results.get("e_add_many_gpu_decode")
+    if row is None:
+        return
+    names = [("(b) model only", "b_ceiling"), ("(c) add_many, CPU decode", first_c),
+             ("(c) add_many, GPU decode", "e_add_many_gpu_decode"),
+             ("(d) decode ceiling, CPU processes", "d_decode_processes"),
+             ("(e) decode ceiling, GPU", "e_decode_gpu")]
+    print("\nGPU pixel path (#20):")
+    for label, key in names:
+        if key in results and "img_per_s" in results[key]:
+            print(f"  {label:36s}{results[key]['img_per_s']:10.1f} img/s")
+    for key in ("ratio_gpu_over_cpu_decode", "ratio_c_over_b"):
+        if key in row:
+            print(f"  {key}: {row[key]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
@@ -437,6 +582,10 @@ def main() -> None:
     ap.add_argument("--decode-ceiling", action="store_true",
                     help="add (d): read + hash + decode + resize + crop with no model, in add_many's worker "
                     "threads and in one process per CPU")
+    ap.add_argument("--gpu-decode", nargs="?", const="cuda", choices=["cuda", "cpu-twin"], default=None,
+                    help="add (e): add_many with decode='gpu' and the GPU decode ceiling (CUDA only; "
+                    "recorded as skipped otherwise); =cpu-twin runs the same code with decode_jpeg on the "
+                    "CPU, a dry run of this script")
     ap.add_argument("--json", type=Path, default=None, help="where to write results "
                     "(default benchmarks/results/embed_throughput-<folder>.json)")
     args = ap.parse_args()
@@ -513,6 +662,8 @@ def main() -> None:
             workers = args.workers or default_workers()
             variants["d_decode_threads"] = DecodeCeiling(workers, processes=False)
             variants["d_decode_processes"] = DecodeCeiling(workers, processes=True)
+        if args.gpu_decode:
+            add_gpu_decode(variants, results, args, store_dir, device, first_precision)
         if large:
             variants[first_c + "_large"] = variants[first_c]
             if args.decode_ceiling:
@@ -573,7 +724,20 @@ def main() -> None:
                     row["mean_file_bytes"] = float(np.mean([p.stat().st_size for p in large]))
                     row["ratio_large_over_small"] = float(np.median(
                         [c / b for c, b in zip(rates[key], rates[first_c])]))
+            if key == "e_add_many_gpu_decode":
+                row.update(files_taken_by_gpu_last_round=variant.taken, files_left_to_pillow_last_round=variant.declined,
+                           ratio_gpu_over_cpu_decode=float(np.median(
+                               [c / b for c, b in zip(rates[key], rates[first_c])])))
+                if "b_ceiling" in rates:
+                    row["ratio_c_over_b"] = float(np.median([c / b for c, b in zip(rates[key], rates["b_ceiling"])]))
             results[key] = row
+        if args.memory_stream and "e_add_many_gpu_decode" in variants:
+            got = gpu_memory_stream(variants["e_add_many_gpu_decode"], paths, args.memory_stream)
+            results["e_memory_stream_gpu_decode"] = got
+            print(f"memory stream (GPU decode) of {got['images']} images: {got['img_per_s']:.1f} img/s, RSS at 10% "
+                  f"{got['rss_at_10pct_mib']:.0f} MiB, max after {got['rss_max_after_10pct_mib']:.0f} MiB; GPU "
+                  f"allocated at 10% {got['gpu_allocated_at_10pct_mib']:.0f} MiB, max after "
+                  f"{got['gpu_allocated_max_after_10pct_mib']:.0f} MiB", flush=True)
         if args.memory_stream:
             got = memory_stream(variants[first_c], paths, args.memory_stream)
             results["memory_stream"] = got
@@ -597,6 +761,7 @@ def main() -> None:
     print("(median over rounds; ratios are medians of per-round ratios"
           + ("" if args.skip_ceiling else
              f"; (b) = {ceiling.precision} batch {ceiling.batch}, {ceiling.streams} stream(s)") + ")")
+    print_gpu_decode(results, first_c)
     out = args.json or Path(__file__).parent / "results" / f"embed_throughput-{Path(results['images']).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

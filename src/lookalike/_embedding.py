@@ -21,7 +21,7 @@ from .stores._common import as_float32
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["DoneVectors", "PixelStandIn", "check_vectors", "pixel_embedder"]
+__all__ = ["DecodesJpeg", "DoneVectors", "PixelStandIn", "check_vectors", "pixel_embedder"]
 
 
 @runtime_checkable
@@ -41,6 +41,20 @@ class _HasPixelFunction(Protocol):
 @runtime_checkable
 class _SubmitsPixels(Protocol):
     def submit_pixels(self, items: Sequence[Any]) -> PendingVectors: ...
+
+
+@runtime_checkable
+class DecodesJpeg(Protocol):
+    """An embedder that may turn JPEG bytes into its pixels itself, on its device (the GPU
+    pixel path of ``add_many``; :class:`~lookalike.embedders.TorchEmbedder` with ``decode``)."""
+
+    def decodes_jpeg(self) -> bool:
+        """Whether it does, for this run (may load the model to find out)."""
+        ...
+
+    def jpeg_pixels(self, encoded: Sequence[bytes]) -> list[Any]:
+        """For each file's bytes: what ``embed_pixels`` takes, or ``None`` (the CPU path decodes it)."""
+        ...
 
 
 @runtime_checkable

@@ -11,7 +11,10 @@ metadata) and streams them through five named stages, in chunks of ``batch_size`
    whose hash equals the stored one is never decoded.
 3. **decode + pixels** (:meth:`Ingest._decode_to_pixels` in the threads, or the decode
    processes of :mod:`lookalike._processes`): decode, then the embedder's per-image
-   preprocessing (:meth:`~lookalike.protocols.PixelEmbedder.pixels`).
+   preprocessing (:meth:`~lookalike.protocols.PixelEmbedder.pixels`). An embedder that
+   decodes JPEGs on its device (:class:`~lookalike._embedding.DecodesJpeg`: torch with
+   ``decode="gpu"``) gets the chunk's JPEG bytes in one call instead
+   (:meth:`Ingest._decode_on_device`); what it leaves takes the path above, file by file.
 4. **embed** (:meth:`Ingest._sort_and_embed`): sort into failed / unchanged / changed
    metadata only / to embed, merge metadata, submit the pixels to the model.
 5. **write** (:class:`_Writes`, one store thread): upsert the chunk's records.
@@ -42,7 +45,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._embedding import PixelStandIn, check_vectors, pixel_embedder
+from ._embedding import DecodesJpeg, PixelStandIn, check_vectors, pixel_embedder
 from ._inputs import (
     Metadata,
     Pending,
@@ -220,6 +223,8 @@ class Ingest:
         self._is_bound = is_bound
         self._bind = bind
         self._passes_images = isinstance(self.embedder, PixelStandIn) and self.embedder.passes_images
+        #: the embedder, when it may decode JPEGs on its device (asked per run: ``decodes_jpeg()``)
+        self._jpeg: DecodesJpeg | None = self.embedder if isinstance(self.embedder, DecodesJpeg) else None
         self.decoder: DecodeProcesses | None = None
 
     def close(self) -> None:
@@ -382,6 +387,21 @@ class Ingest:
         except Exception as exc:  # an image the model's preprocessing cannot handle
             item.error = f"cannot preprocess: {exc}"
 
+    def _decode_on_device(self, items: list[Pending]) -> list[Pending]:
+        """Hand the JPEG bytes of ``items`` to the embedder's device decoder, in one call;
+        the items it leaves (not a plain JPEG, or one it could not decode), for the CPU path."""
+        assert self._jpeg is not None
+        got = self._jpeg.jpeg_pixels([p.encoded.data for p in items if p.encoded is not None])
+        if len(got) != len(items):
+            raise ImageSearchError(f"{self.embedder!r} returned {len(got)} results for {len(items)} JPEG files")
+        left = []
+        for p, pixels in zip(items, got):
+            if pixels is None:
+                left.append(p)
+            else:
+                p.pixels, p.encoded = pixels, None
+        return left
+
     def _submit_to_processes(
         self, items: list[Pending], processes: DecodeProcesses, arena: SlotArena | None
     ) -> list[_Group]:
@@ -452,7 +472,10 @@ class Ingest:
         Two chunks decode at once, so the worker threads never wait at a chunk's end for
         its slowest image (that barrier idled most of 16 workers on a GPU machine). With
         ``processes``, files are read, hashed, decoded and turned into pixels there
-        instead; the threads only work out ids (and decode in-memory PIL images).
+        instead; the threads only work out ids (and decode in-memory PIL images). When the
+        embedder decodes JPEGs on its device, the threads read and hash every file, the
+        JPEGs go to the device in one call per chunk (from this thread, while the threads
+        or processes decode the rest), and what the device leaves follows the rest.
         """
         done: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=2)
         stop = threading.Event()
@@ -473,11 +496,24 @@ class Ingest:
                 except queue.Full:
                     continue
 
-        def produce(pool: ThreadPoolExecutor) -> None:
+        def start_decoding(items: list[Pending], pool: ThreadPoolExecutor) -> tuple[list[Future[None]], list[_Group]]:
             nonlocal arena
+            groups: list[_Group] = []
+            if processes is not None and not processes.broken:
+                if arena is None and processes.slot_bytes is not None:
+                    # slots for the two chunks in flight; a job without one sends its array back pickled
+                    arena = SlotArena.sized(2 * size + processes.size, processes.slot_bytes)
+                remote = [p for p in items if p.image is None]
+                items = [p for p in items if p.image is not None]
+                groups = self._submit_to_processes(remote, processes, arena) if remote else []
+            return [pool.submit(self._decode_to_pixels, p) for p in items], groups
+
+        def produce(pool: ThreadPoolExecutor) -> None:
             in_flight: collections.deque[tuple[_Chunk, list[Future[None]], list[_Group]]] = collections.deque()
-            read_and_hash = functools.partial(self._read_and_hash, defer_read=processes is not None)
             try:
+                on_device = self._jpeg is not None and self._jpeg.decodes_jpeg()  # may load the model
+                read_and_hash = functools.partial(self._read_and_hash,
+                                                  defer_read=processes is not None and not on_device)
                 for number in itertools.count():
                     if stop.is_set():
                         break
@@ -488,15 +524,14 @@ class Ingest:
                     self._look_up(chunk, written)
                     todo = [p for p in chunk.items if p.error is None and
                             (p.encoded is not None or p.image is not None or p.input is not None)]
-                    groups: list[_Group] = []
-                    if processes is not None and not processes.broken:
-                        if arena is None and processes.slot_bytes is not None:
-                            # slots for the two chunks in flight; a job without one sends its array back pickled
-                            arena = SlotArena.sized(2 * size + processes.size, processes.slot_bytes)
-                        remote = [p for p in todo if p.image is None]
-                        todo = [p for p in todo if p.image is not None]
-                        groups = self._submit_to_processes(remote, processes, arena) if remote else []
-                    in_flight.append((chunk, [pool.submit(self._decode_to_pixels, p) for p in todo], groups))
+                    jpegs = [p for p in todo if on_device and _looks_like_jpeg(p)]
+                    if jpegs:
+                        todo = [p for p in todo if not _looks_like_jpeg(p)]
+                    decoding, groups = start_decoding(todo, pool)
+                    if jpegs:  # on the device, while the others decode; what it leaves follows them
+                        more, more_groups = start_decoding(self._decode_on_device(jpegs), pool)
+                        decoding, groups = decoding + more, groups + more_groups
+                    in_flight.append((chunk, decoding, groups))
                     if len(in_flight) > 1:
                         hand_over(*in_flight.popleft(), pool)
                 while in_flight and not stop.is_set():
@@ -594,6 +629,11 @@ def _cancel(in_flight: Iterable[tuple[_Chunk, list[Future[None]], list[_Group]]]
         for group_future, _, _ in groups:
             if group_future is not None:
                 group_future.cancel()
+
+
+def _looks_like_jpeg(item: Pending) -> bool:
+    """Read bytes that start like a JPEG (the device decoder checks the rest)."""
+    return item.encoded is not None and item.image is None and item.encoded.data[:3] == b"\xff\xd8\xff"
 
 
 def _stored_hash(item: Pending) -> str | None:

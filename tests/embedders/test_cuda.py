@@ -96,3 +96,79 @@ def test_add_many_on_cuda_stores_the_same_vectors_as_embed(tmp_path: Path, proce
     stored = np.stack([index.get(rid).vector for rid in report.added])
     assert _cosines(stored, expected).min() > 0.999
     index.close()
+
+
+# -- the GPU pixel path (#20): decode="gpu" ----------------------------------------------
+def _jpeg_files(tmp_path: Path, n: int) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for i, img in enumerate(_pictures(n)):
+        paths.append(tmp_path / f"{i:03d}.jpg")
+        if i % 5 == 1:  # EXIF-rotated
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            img.save(paths[-1], quality=95, exif=exif.tobytes())
+        elif i % 5 == 2:  # large: Pillow decodes it at reduced scale
+            img.resize((1280, 960)).save(paths[-1], quality=95)
+        else:
+            img.save(paths[-1], quality=95)
+    return paths
+
+
+def test_nvjpeg_pixels_match_the_cpu_twin_and_pillow(tmp_path: Path) -> None:
+    from lookalike.embedders._jpeg import JpegBatchDecoder
+    from lookalike.images import load_image
+    from lookalike.preprocess import imagenet_preprocess
+
+    recipe = imagenet_preprocess(256, 224)
+    datas = [p.read_bytes() for p in _jpeg_files(tmp_path, 15)]
+    gpu = JpegBatchDecoder(recipe, "cuda", draft_size=256)(datas)
+    cpu = JpegBatchDecoder(recipe, "cpu", draft_size=256)(datas)
+    for g, c, data in zip(gpu, cpu, datas):
+        assert g is not None and c is not None and g.device.type == "cuda"
+        pillow = recipe.pixels(load_image(data, min_size=256)).astype(np.int16)
+        assert np.abs(g.cpu().numpy().astype(np.int16) - c.numpy().astype(np.int16)).mean() < 2.0
+        assert np.abs(g.cpu().numpy().astype(np.int16) - pillow).mean() < 2.0
+
+
+def test_decode_auto_on_cuda_decodes_on_the_gpu() -> None:
+    auto = _embedder(decode="auto")
+    assert auto.decodes_jpeg() is True  # type: ignore[attr-defined]
+    # the forward pass's CUDA graph is captured before the decoder's stream starts beside it
+    assert auto._graphs and all(g is not None for g in auto._graphs.values())  # type: ignore[attr-defined]
+    assert _embedder().decodes_jpeg() is False  # type: ignore[attr-defined]  # the default stays "cpu"
+
+
+def test_add_many_with_gpu_decode_matches_the_cpu_decode(tmp_path: Path) -> None:
+    paths = _jpeg_files(tmp_path, 40)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg \xff\xd9")
+    png = tmp_path / "picture.png"
+    _pictures(1, offset=99)[0].save(png)
+    files = [*paths[:20], tmp_path / "broken.jpg", png, *paths[20:]]
+    gpu, cpu = _embedder(precision="fp32", decode="gpu"), _embedder(precision="fp32")
+    got = ImageSearchIndex(embedder=gpu, store=InMemoryStore(), batch_size=16)  # type: ignore[arg-type]
+    want = ImageSearchIndex(embedder=cpu, store=InMemoryStore(), batch_size=16)  # type: ignore[arg-type]
+    a, b = got.add_many(files), want.add_many(files)
+    assert a.added == b.added and len(a.added) == 41
+    assert [(f.source, f.reason) for f in a.failed] == [(f.source, f.reason) for f in b.failed]
+    assert gpu.jpeg_decoder.taken == 40  # type: ignore[attr-defined]
+    va = np.stack([got.get(r).vector for r in a.added])
+    vb = np.stack([want.get(r).vector for r in a.added])
+    assert _cosines(va, vb).min() > 0.99
+
+
+def test_gpu_decode_memory_stays_flat_along_a_stream(tmp_path: Path) -> None:
+    from lookalike.sources import Item
+
+    paths = _jpeg_files(tmp_path, 30)
+    emb = _embedder(decode="gpu")
+    index = ImageSearchIndex(embedder=emb, store=InMemoryStore(), batch_size=64)  # type: ignore[arg-type]
+    peaks = []
+    for n in (640, 1920):  # 10 chunks, then 30
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        report = index.add_many(Item(paths[i % len(paths)], id=f"{n}-{i}") for i in range(n))
+        assert len(report.added) == n
+        peaks.append(torch.cuda.max_memory_allocated())
+    assert peaks[1] <= peaks[0] * 1.1 + 64 * 2**20  # three times the images, the same memory

@@ -34,6 +34,7 @@ __all__ = ["MAX_STRETCH", "ForwardStreams", "ImagePreprocess", "ModelSpec", "Pen
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODES = ("cpu", "gpu", "auto")  #: where add_many decodes JPEGs for this model (docs/performance.md)
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (docs/performance.md, "Batch size")
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
@@ -166,6 +167,16 @@ class TorchEmbedder:
             run on the calling thread with all of torch's threads. Ignored on CUDA.
         image_size: the shorter side the preprocessing resizes to; lets large JPEGs be
             decoded at reduced scale. ``None`` disables that.
+        decode: where ``add_many`` turns JPEG files into pixels. ``"cpu"`` (default):
+            Pillow in the decode threads or processes. ``"gpu"``: on the CUDA device, in
+            batches (nvJPEG through ``torchvision.io.decode_jpeg``, then EXIF orientation,
+            resize, crop there; :class:`~lookalike.embedders._jpeg.JpegBatchDecoder`);
+            other files (PNG, CMYK, progressive, corrupt, very thin...) still go through
+            Pillow, file by file. Needs a CUDA device and an
+            :class:`~lookalike.preprocess.ImagePreprocess` with a bilinear or bicubic
+            resize. ``"auto"``: ``"gpu"`` where that runs, else ``"cpu"``. Queries
+            (``search``, ``embed``) always decode with Pillow. Not part of ``identity``
+            (docs/performance.md, "GPU JPEG decode": the measured tolerance).
 
     >>> emb = TorchEmbedder(module, preprocess, dim=1280, identity="my-model:v1")  # doctest: +SKIP
     >>> emb = TorchEmbedder(ModelSpec("my-model:v1", 1280, preprocess, build), device="cpu")  # doctest: +SKIP
@@ -176,13 +187,13 @@ class TorchEmbedder:
     @overload
     def __init__(
         self, module: ModelSpec, *, device: str = ..., precision: str = ...,
-        batch_size: int | None = ..., streams: int | None = ...,
+        batch_size: int | None = ..., streams: int | None = ..., decode: str = ...,
     ) -> None: ...
     @overload
     def __init__(
         self, module: Any, preprocess: Callable[[Image.Image], Any], *, dim: int, identity: str,
         device: str = ..., precision: str = ..., batch_size: int | None = ...,
-        image_size: int | None = ..., streams: int | None = ...,
+        image_size: int | None = ..., streams: int | None = ..., decode: str = ...,
     ) -> None: ...
     def __init__(
         self,
@@ -196,6 +207,7 @@ class TorchEmbedder:
         batch_size: int | None = None,
         image_size: int | None = None,
         streams: int | None = None,
+        decode: str = "cpu",
     ) -> None:
         if isinstance(module, ModelSpec):
             if preprocess is not None or dim is not None or identity is not None or image_size is not None:
@@ -211,6 +223,11 @@ class TorchEmbedder:
             raise ConfigurationError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         positive_int(batch_size, "batch_size", optional=True)
         positive_int(streams, "streams", optional=True)
+        if decode not in DECODES:
+            raise ConfigurationError(f"decode must be one of {DECODES}, got {decode!r}")
+        if decode == "gpu" and not isinstance(spec.preprocess, ImagePreprocess):
+            raise ConfigurationError("decode='gpu' needs the model's preprocess to be an ImagePreprocess "
+                                     "recipe (resize, crop, normalise); this one is a custom callable")
         self.spec = spec
         self._device_name = device
         self._precision = precision
@@ -227,6 +244,10 @@ class TorchEmbedder:
         self._streams_arg = streams
         self.streams: int = 1  # resolved when loaded
         self._forward_streams: ForwardStreams | None = None
+        self._decode = decode
+        #: what decodes JPEGs on the device for ``add_many`` once loaded (``decode`` resolved
+        #: to ``"gpu"``), else ``None``; any object with its call signature works
+        self.jpeg_decoder: Callable[[Sequence[bytes]], list[Any]] | None = None
 
     @property
     def dim(self) -> int:
@@ -283,6 +304,7 @@ class TorchEmbedder:
         if self.device.type == "cpu" or self.device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         self._module = module
+        self.jpeg_decoder = self._jpeg_decoder()
         if self.precision == "auto":  # only on CPU: measured on this model, or cached
             self.precision = _calibrate.choose_cpu_precision(
                 self._calibration_pass(), cpu=_calibrate.describe_cpu(), identity=self.identity,
@@ -339,6 +361,43 @@ class TorchEmbedder:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigurationError(f"device {self._device_name!r} asked for, but CUDA is not available")
         return device
+
+    def _jpeg_decoder(self) -> Callable[[Sequence[bytes]], list[Any]] | None:
+        """The device's JPEG decoder when ``decode`` resolves to ``"gpu"`` on this device."""
+        from ._jpeg import JpegBatchDecoder, gpu_decode_problem
+
+        if self._decode == "cpu":
+            return None
+        problem = ("the model runs on the CPU; decode='gpu' needs a CUDA device"
+                   if self.device.type != "cuda" else gpu_decode_problem(self._preprocess))
+        if problem is not None:
+            if self._decode == "gpu":
+                raise ConfigurationError(f"decode='gpu' cannot run: {problem}")
+            return None  # auto: the CPU path
+        assert isinstance(self._preprocess, ImagePreprocess)
+        return JpegBatchDecoder(self._preprocess, self.device, draft_size=self.image_size)
+
+    def decodes_jpeg(self) -> bool:
+        """Whether ``add_many`` hands this model JPEG bytes (:meth:`jpeg_pixels`). With
+        ``decode="cpu"`` answers at once; otherwise loads the model (the device decides)."""
+        if self._decode == "cpu" and self.jpeg_decoder is None:
+            return False
+        self._ensure_ready()
+        if self.jpeg_decoder is not None and self.device.type == "cuda" and self.cuda_graphs:
+            with self._graph_lock:
+                captured = bool(self._graphs)
+            if not captured:  # capture the CUDA graph now, before the decoder's stream runs beside it
+                self._forward(self._sample_batch(1))
+        return self.jpeg_decoder is not None
+
+    def jpeg_pixels(self, encoded: Sequence[bytes]) -> list[Any | None]:
+        """For each JPEG file's bytes, its pixels made on the model's device (what
+        :meth:`embed_pixels` takes, like :meth:`pixels`), or ``None`` for a file left to
+        the CPU path (not a plain JPEG, or one the device could not decode)."""
+        self._ensure_ready()
+        if self.jpeg_decoder is None:
+            return [None] * len(encoded)
+        return self.jpeg_decoder(encoded)
 
     def _resolve_precision(self) -> str:
         """The precision to run; ``"auto"`` on CPU is left for :meth:`_load_now` to
@@ -417,6 +476,10 @@ class TorchEmbedder:
         return min(self.batch_size, -(-n // streams.count))
 
     def _embed_batch(self, chunk: Sequence[Any]) -> Any:
+        if isinstance(self._preprocess, ImagePreprocess) and not all(isinstance(a, np.ndarray) for a in chunk) \
+                and all(isinstance(a, np.ndarray) or _is_device_pixels(a) for a in chunk):
+            # some pixels came from the device's JPEG decoder (jpeg_pixels), already there
+            return self._forward(self._preprocess.normalize(self._mixed_batch(chunk)))
         if isinstance(self._preprocess, ImagePreprocess) and all(isinstance(a, np.ndarray) for a in chunk):
             pinned = self.device.type == "cuda"
             host = torch.empty((len(chunk), *chunk[0].shape), dtype=torch.uint8, pin_memory=pinned)
@@ -427,6 +490,25 @@ class TorchEmbedder:
         else:
             batch = torch.stack(list(chunk))
         return self._forward(batch)
+
+    def _mixed_batch(self, chunk: Sequence[Any]) -> Any:
+        """``(n, crop, crop, 3)`` uint8 on the device, in order, from host arrays and device tensors."""
+        on_device = [i for i, a in enumerate(chunk) if not isinstance(a, np.ndarray)]
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
+            for i in on_device:  # made on the decoder's stream: not reused before this one reads it
+                chunk[i].record_stream(stream)
+        device_part = torch.stack([chunk[i] for i in on_device]).to(self.device)
+        if len(on_device) == len(chunk):
+            return device_part
+        on_host = [i for i, a in enumerate(chunk) if isinstance(a, np.ndarray)]
+        host = torch.empty((len(on_host), *chunk[on_host[0]].shape), dtype=torch.uint8,
+                           pin_memory=self.device.type == "cuda")
+        np.stack([chunk[i] for i in on_host], out=host.numpy())
+        batch = torch.empty((len(chunk), *device_part.shape[1:]), dtype=torch.uint8, device=self.device)
+        batch.index_copy_(0, torch.tensor(on_device, device=self.device), device_part)
+        batch.index_copy_(0, torch.tensor(on_host, device=self.device), host.to(self.device, non_blocking=True))
+        return batch
 
     def _streams_for(self, n: int) -> ForwardStreams | None:
         """The CPU streams for a call of ``n`` images, or ``None`` to run on this thread."""
@@ -525,6 +607,12 @@ class TorchEmbedder:
         except Exception as exc:  # any capture failure: eager still works
             log.warning("lookalike: CUDA graph capture failed for %r (%s); running eagerly", self, exc)
             return None
+
+
+def _is_device_pixels(item: Any) -> bool:
+    """A ``(H, W, 3)`` uint8 torch tensor: pixels made by the device's JPEG decoder."""
+    return (torch is not None and isinstance(item, torch.Tensor) and item.dtype == torch.uint8
+            and item.dim() == 3 and item.shape[-1] == 3)
 
 
 def _to_numpy(features: Any) -> NDArray[np.float32]:

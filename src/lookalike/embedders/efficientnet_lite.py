@@ -66,13 +66,13 @@ class EfficientNetLite0Embedder(TorchEmbedder):
 
     Smaller and less accurate than ResNet50 with ``IMAGENET1K_V2``, but it runs on an
     air-gapped machine (hit ratios: docs/performance.md). ``precision`` defaults to
-    ``"auto"`` (see :class:`TorchEmbedder`); bf16 keeps the hit ratio of fp32
+    ``"auto"`` and ``decode`` to ``"cpu"`` (see :class:`TorchEmbedder`); bf16 keeps the hit ratio of fp32
     (tests/embedders/test_precision.py).
     """
 
     def __init__(
         self, *, device: str = "auto", precision: str = "auto", batch_size: int | None = None,
-        streams: int | None = None,
+        streams: int | None = None, decode: str = "cpu",
     ) -> None:
         super().__init__(EFFICIENTNET_LITE0, device=device, precision=precision, batch_size=batch_size,
-                         streams=streams)
+                         streams=streams, decode=decode)

@@ -211,7 +211,7 @@ class TorchvisionEmbedder(TorchEmbedder):
             or ``None`` for random weights (seeded, so reproducible; for tests and chance-level
             baselines only; never chosen silently).
         resize, crop: override the weights' preprocessing sizes.
-        device, precision, batch_size, streams: see :class:`TorchEmbedder`; ``precision``
+        device, precision, batch_size, streams, decode: see :class:`TorchEmbedder`; ``precision``
             defaults to ``"auto"`` (bf16 on AMX / AVX512-BF16 CPUs, fp16 on CUDA).
 
     Weights are downloaded by torchvision on first use into torch's hub cache
@@ -233,12 +233,14 @@ class TorchvisionEmbedder(TorchEmbedder):
         precision: str = "auto",
         batch_size: int | None = None,
         streams: int | None = None,
+        decode: str = "cpu",
     ) -> None:
         spec = torchvision_spec(arch, weights, resize=resize, crop=crop, cli_name=self._cli_name,
                                 feature=type(self).__name__)
         self.arch = arch
         self.weights_tag = spec.identity[len(f"torchvision:{arch}:"):].rsplit(":", 2)[0]
-        super().__init__(spec, device=device, precision=precision, batch_size=batch_size, streams=streams)
+        super().__init__(spec, device=device, precision=precision, batch_size=batch_size, streams=streams,
+                         decode=decode)
 
 
 class ResNet50Embedder(TorchvisionEmbedder):
@@ -251,7 +253,7 @@ class ResNet50Embedder(TorchvisionEmbedder):
         weights: ``"IMAGENET1K_V2"`` (default), ``"IMAGENET1K_V1"``, a path to a
             ``state_dict`` file (e.g. a copy of ``resnet50-11ad3fa6.pth``), or ``None``
             for random weights (tests only).
-        device, precision, batch_size, streams: see :class:`TorchEmbedder`; ``precision``
+        device, precision, batch_size, streams, decode: see :class:`TorchEmbedder`; ``precision``
             defaults to ``"auto"`` (bf16 on AMX / AVX512-BF16 CPUs, fp16 on CUDA).
 
     >>> emb = ResNet50Embedder()                      # downloads once, then cached  # doctest: +SKIP
@@ -268,10 +270,11 @@ class ResNet50Embedder(TorchvisionEmbedder):
         precision: str = "auto",
         batch_size: int | None = None,
         streams: int | None = None,
+        decode: str = "cpu",
     ) -> None:
         super().__init__(
             "resnet50", weights, resize=256, crop=224, device=device, precision=precision,
-            batch_size=batch_size, streams=streams,
+            batch_size=batch_size, streams=streams, decode=decode,
         )
 
 
