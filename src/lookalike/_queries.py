@@ -66,8 +66,10 @@ def text_embedder(embedder: Embedder) -> TextEmbedder:
     """``embedder`` when it has a text tower, else a ConfigurationError naming it."""
     if not isinstance(embedder, TextEmbedder):
         raise ConfigurationError(
-            f"cannot search by Text with {embedder!r}: text search needs a model with a text tower "
-            "(an embedder with embed_text, e.g. CLIP); search by an image or a vector instead"
+            f"cannot search by Text with {embedder!r}: text search needs a model with a text tower, "
+            "and so an index built with one: lookalike.embedders.ClipEmbedder (--embedder clip or "
+            "clip:MODEL[:WEIGHTS]; pip install 'lookalike[clip]'), or any embedder with embed_text; "
+            "search this index by an image or a vector instead"
         )
     return embedder
 
