@@ -15,7 +15,16 @@ from lookalike import ImageSearchIndex, Text
 from lookalike.embedders import FakeEmbedder
 from lookalike.stores import LocalStore
 
-from .test_serve import ARTIFACTS, CHROMIUM, _encode, _label, _launch_chromium, _no_traceback, _picture, serve_process
+from .test_serve import (
+    ARTIFACTS,
+    CHROMIUM,
+    _encode,
+    _label,
+    _launch_chromium,
+    _no_traceback,
+    _picture,
+    serve_process,
+)
 
 pytest.importorskip("torch")
 pytest.importorskip("open_clip", reason="the [clip] extra (open-clip-torch) is not installed")

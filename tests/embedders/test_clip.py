@@ -17,7 +17,7 @@ from lookalike.embedders import FakeEmbedder
 from lookalike.errors import ConfigurationError, ModelLoadError, SchemaMismatchError
 from lookalike.preprocess import ImagePreprocess
 from lookalike.protocols import PixelEmbedder, TextEmbedder
-from lookalike.stores import InMemoryStore, LocalStore
+from lookalike.stores import LocalStore
 from lookalike.testing import EmbedderContract
 
 from ..conftest import TINY_CLIP, make_image
@@ -163,9 +163,8 @@ def test_a_clip_store_refuses_other_models_and_other_stores_refuse_clip(
         index.add(make_image(1))
     for embedder, path in ((FakeEmbedder(dim=32), clip_store), (_tiny(checkpoint), clip_store),
                            (_tiny(None), fake_store)):
-        with pytest.raises(SchemaMismatchError):
-            with ImageSearchIndex(embedder=embedder, store=LocalStore(path)) as index:
-                index.add(make_image(2))
+        with pytest.raises(SchemaMismatchError), ImageSearchIndex(embedder=embedder, store=LocalStore(path)) as index:
+            index.add(make_image(2))
 
 
 # -- offline -----------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._embedding import pixel_embedder
-from .._version import __version__
 from .._queries import text_embedder
+from .._version import __version__
 from ..errors import ConfigurationError, ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, decode_image, load_image, read_image_bytes
 from ..index import ImageSearchIndex
