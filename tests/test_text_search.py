@@ -114,3 +114,56 @@ def test_the_text_vector_is_the_query(tiny_clip: str, clip_store: str) -> None:
         vector: Any = index.embed_queries([Text("a red car")])[0]
         assert np.allclose(vector, index.embedder.embed_text(["a red car"])[0])  # type: ignore[attr-defined]
         assert [h.id for h in index.search(vector, k=4)] == [h.id for h in index.search(Text("a red car"), k=4)]
+
+
+# -- weighted queries: Mix ------------------------------------------------------------------------
+def test_mix_is_the_normalised_weighted_sum_of_its_parts(tiny_clip: str, tmp_path: Path) -> None:
+    from lookalike import Mix
+
+    from .conftest import make_image
+
+    emb = make_embedder(NAME, device="cpu", precision="fp32")
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"m{i}.png")
+        make_image(i, (64, 48)).save(paths[-1])
+    with ImageSearchIndex(embedder=emb, store=LocalStore(tmp_path / "m.lookalike")) as index:
+        index.add_many(paths)
+        image_vec = index.embed_queries([paths[0]])[0]
+        text_vec = emb.embed_text(["at night"])[0]  # type: ignore[attr-defined]
+        expected = image_vec + 0.3 * text_vec
+        expected /= np.linalg.norm(expected)
+        mix = Mix((paths[0], 1.0), (Text("at night"), 0.3))
+        np.testing.assert_allclose(index.embed_queries([mix])[0], expected, atol=1e-6)
+        hits = index.search(mix, k=6)
+        assert [h.score for h in hits] == pytest.approx(sorted((index.embed_queries(paths) @ expected), reverse=True),
+                                                       abs=1e-5)
+        # with other queries in one call, a stored hit as a part, and a negative weight
+        stored = index.search(paths[1], k=1)[0]
+        minus = Mix((stored, 1.0), (Text("grass"), -0.5))
+        rows = index.embed_queries([paths[2], minus, Text("a dog")])
+        away = index.get(stored.id).vector - 0.5 * emb.embed_text(["grass"])[0]  # type: ignore[attr-defined]
+        np.testing.assert_allclose(rows[1], away / np.linalg.norm(away), atol=1e-6)
+        np.testing.assert_allclose(rows[2], emb.embed_text(["a dog"])[0], atol=1e-6)  # type: ignore[attr-defined]
+        page = index.search(minus, k=1)._repr_html_()  # a notebook names the weighted query
+        assert "1 × more like m1.png - 0.5 × “grass”" in page
+        with pytest.raises(ConfigurationError, match="cancel out"):
+            index.search(Mix((paths[0], 1.0), (paths[0], -1.0)))
+
+
+def test_mix_checks_its_parts_and_needs_a_text_tower_for_text(tmp_path: Path) -> None:
+    from lookalike import Mix
+    from lookalike.display import describe_query
+    from lookalike.embedders import FakeEmbedder
+
+    for bad, message in (((), "one or more"), (("a.jpg",), r"\(query, weight\) pairs"),
+                         ((("a.jpg", float("nan")),), "finite number"), ((("a.jpg", True),), "finite number"),
+                         (((Mix(("a.jpg", 1.0)), 1.0),), "cannot hold another Mix")):
+        with pytest.raises(ConfigurationError, match=message):
+            Mix(*bad)
+    mix = Mix(("a.jpg", 1.0), (Text("at night"), -0.25))
+    assert describe_query(mix) == "1 × a.jpg - 0.25 × “at night”"
+    assert mix == Mix(("a.jpg", 1), (Text("at night"), -0.25)) and repr(mix).startswith("Mix((")
+    index = ImageSearchIndex(embedder=FakeEmbedder(dim=8))
+    with pytest.raises(ConfigurationError, match="text tower"):  # before any image is read
+        index.search(Mix(("missing.jpg", 1.0), (Text("at night"), 0.3)))
