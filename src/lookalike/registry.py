@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigurationError, quote_name
 from .index import ImageSearchIndex
-from .protocols import Embedder, VectorStore
+from .protocols import Embedder, TextEmbedder, VectorStore
 from .types import Schema
 
 __all__ = [
@@ -133,7 +133,7 @@ def with_onnx(
     check_onnx_options(onnx, calibration)
     if not isinstance(embedder, TorchEmbedder):
         raise ConfigurationError(f"--onnx runs a torch model; {embedder.identity!r} is not one")
-    if embedder.identity.startswith("clip:"):  # ONNX Runtime would run the image tower alone: no text search
+    if isinstance(embedder, TextEmbedder):  # ONNX Runtime would run the image tower alone: no text search
         raise ConfigurationError("CLIP models run on torch only (--runtime torch): the ONNX runtime has no "
                                  "text tower")
     images = None

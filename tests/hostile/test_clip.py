@@ -70,3 +70,15 @@ def test_a_configs_path_that_does_not_exist_is_refused(monkeypatch: pytest.Monke
     monkeypatch.setenv("LOOKALIKE_CLIP_CONFIGS", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigurationError, match="LOOKALIKE_CLIP_CONFIGS names .*nowhere.*does not exist"):
         ClipEmbedder("ViT-B-32")
+
+
+def test_building_a_random_model_keeps_other_log_lines(tiny_clip_config: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    clip = ClipEmbedder(TINY_CLIP, None, device="cpu", streams=1)
+    with caplog.at_level(logging.WARNING):
+        clip.load()
+        logging.getLogger().warning("another module's warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "another module's warning" in messages
+    assert not any("initialized randomly" in m for m in messages)  # asked for: weights=None

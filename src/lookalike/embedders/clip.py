@@ -243,16 +243,19 @@ class _ClipModel:
         return str(path)
 
 
-class _quiet_open_clip:
-    """Silences open_clip's root-logger lines while a model is built (its "initialized
-    randomly" warning for weights=None, which the caller asked for)."""
+class _quiet_open_clip(logging.Filter):
+    """Drops open_clip's own info and warning lines on the root logger while a model is
+    built (e.g. its "initialized randomly" warning for weights=None, which the caller asked
+    for); other modules' lines, and open_clip's errors, pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "open_clip" not in Path(record.pathname).parts
 
     def __enter__(self) -> None:
-        self._level = logging.root.manager.disable
-        logging.disable(logging.WARNING)
+        logging.getLogger().addFilter(self)
 
     def __exit__(self, *exc: object) -> None:
-        logging.disable(self._level)
+        logging.getLogger().removeFilter(self)
 
 
 def _first_line(exc: BaseException) -> str:
