@@ -172,5 +172,12 @@ def test_page_text_box_searches_by_words(clip_gallery: dict[str, Path]) -> None:
             expect(page.locator("#status")).to_contain_text("results for the uploaded image", timeout=30_000)
             expect(box).to_have_value("")
             expect(captions.first).to_contain_text("pic07.png")
+
+            # Words typed after the upload, then the Search button: a text search, the image cleared.
+            box.fill("a red car")
+            page.locator("#run").click()
+            expect(page.locator("#status")).to_contain_text("10 results for “a red car”", timeout=30_000)
+            expect(captions.first).to_contain_text(first)
+            expect(page.locator("#query img")).to_have_count(0)
         finally:
             browser.close()

@@ -148,7 +148,7 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         return gallery, status, hits, None, vector, gr.update(visible=False)
 
     def clear_text() -> str:
-        return ""  # an uploaded image is the query now
+        return ""  # an uploaded image (or a chosen result) is the query now
 
     def search_text(text: Any, k: Any, label: Any) -> tuple[Any, ...]:
         vectors: list[Any] = []
@@ -166,7 +166,7 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         return gallery, status, hits, None, vector, gr.update(visible=False), None
 
     def search_button(payload: Any, k: Any, label: Any, query_id: Any, query_vec: Any, text: Any) -> tuple[Any, ...]:
-        if payload is None and not query_id and isinstance(text, str) and text.strip():
+        if isinstance(text, str) and text.strip():  # typed last: an upload or a chosen result empties it
             return search_text(text, k, label)
         return (*search_current(payload, k, label, query_id, query_vec), gr.skip())
 
@@ -281,5 +281,6 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         query.clear(clear, None, [*outputs, detail], api_name=False)
         gallery.select(select, [hits_state], [big, details, selected_id, detail], api_name=False)
         again.click(search_by, [selected_id, k, label], [*outputs, query], api_name=False)
+        again.click(clear_text, None, text, api_name=False)  # the chosen result is the query now
         add_duplicates_panel(gr, service)
     return demo
