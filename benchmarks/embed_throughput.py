@@ -36,6 +36,9 @@ instead ((a) stays the tutorial's ResNet50). Examples::
     # ONNX Runtime fp32 / int8 against torch bf16, end to end (docs/performance.md)
     .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search/train \
         --n 300 --skip-tutorial --precision auto --onnx fp32,int8 --model efficientnet-lite0
+    # CLIP ViT-B-32 beside ResNet50 through add_many, and CLIP text queries/s (#17)
+    .venv/bin/python benchmarks/embed_throughput.py --images ../shared/datasets/reverse_image_search/train \
+        --n 96 --rounds 3 --precision auto --clip
     # on a GPU machine (docs/performance.md, "On a GPU"); benchmarks/gpu_check.sh adds --gpu-decode
     python benchmarks/embed_throughput.py --images DIR --n 300 --copies 20 --tutorial-n 100 \
         --decode-ceiling --make-large /tmp/large --memory-stream 20000
@@ -536,6 +539,79 @@ def print_gpu_decode(results: dict[str, Any], first_c: str) -> None:
     for key in ("ratio_gpu_over_cpu_decode", "ratio_c_over_b"):
         if key in row:
             print(f"  {key}: {row[key]:.2f}")
+# -- CLIP (#17): image throughput beside ResNet50, and text queries per second ----------------
+CLIP_QUERIES = ["a dog", "a red car on a beach", "a bird on a branch", "two cats sleeping", "a mountain lake",
+                "a plate of food", "a person riding a bicycle", "a white boat", "a crocodile in a river",
+                "an old church"]
+
+
+class ClipAddMany(AddMany):
+    """:class:`AddMany` with ``ClipEmbedder`` (open_clip ``model``, random weights: same FLOPs
+    as the pretrained ones, which cannot be downloaded here)."""
+
+    def __init__(self, store_dir: Path, precision: str, batch: int, device: str, model: str = "ViT-B-32") -> None:
+        from PIL import Image
+
+        from lookalike.embedders import ClipEmbedder
+
+        self.store_dir, self.batch, self.workers, self.processes = store_dir, batch, None, False
+        self.embedder = ClipEmbedder(model, weights=None, precision=precision, device=device)
+        self.embedder.embed([Image.new("RGB", (256, 256))] * batch)  # build + warm up the model
+
+
+def text_queries_per_s(embedder: Any, store_dir: Path, paths: list[Path], repeat: int = 3) -> dict[str, float]:
+    """Text queries answered one at a time (``index.search(Text(q), k=10)`` on an index of
+    ``paths``, as a person searches), and texts embedded per second in one batch of 64."""
+    from lookalike import Text
+
+    index = ImageSearchIndex(embedder=embedder, store=LocalStore(store_dir / f"t-{uuid.uuid4().hex[:8]}.lookalike"))
+    index.add_many(paths)
+    index.search(Text("warm up"), k=10)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        for query in CLIP_QUERIES:
+            index.search(Text(query), k=10)
+    one_by_one = repeat * len(CLIP_QUERIES) / (time.perf_counter() - started)
+    batch = (CLIP_QUERIES * 7)[:64]
+    started = time.perf_counter()
+    embedder.embed_text(batch)
+    batched = len(batch) / (time.perf_counter() - started)
+    index.close()
+    return {"text_queries_per_s": one_by_one, "texts_per_s_batch64": batched}
+
+
+def clip_section(paths: list[Path], args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """ResNet50 and CLIP ``--clip-model`` through ``add_many`` side by side (same images, same
+    rounds, interleaved, so the machine's noise hits both alike), then CLIP's text queries/s."""
+    precision = args.precision.split(",")[0]
+    out: dict[str, Any] = {"precision": precision, "clip_model": args.clip_model}
+    with tempfile.TemporaryDirectory(prefix="lookalike-bench-clip-") as tmp:
+        store_dir = Path(tmp)
+        variants: dict[str, Any] = {
+            "resnet50": AddMany(store_dir, precision, args.batch, None, None, device, model="resnet50"),
+            f"clip_{args.clip_model}": ClipAddMany(store_dir, precision, args.batch, device, args.clip_model),
+        }
+        rates: dict[str, list[float]] = {k: [] for k in variants}
+        size = -(-len(paths) // args.rounds)
+        for r in range(args.rounds):
+            for key, variant in variants.items():
+                rates[key].append(variant.run(paths[r * size : (r + 1) * size]))
+                print(f"  clip round {r + 1}/{args.rounds} {key}: {rates[key][-1]:.1f} img/s, "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+        clip_key = f"clip_{args.clip_model}"
+        for key, variant in variants.items():
+            out[key] = {"img_per_s": float(np.median(rates[key])), "img_per_s_rounds": rates[key],
+                        "resolved_precision": variant.embedder.precision, "streams": variant.embedder.streams,
+                        "identity": variant.embedder.identity}
+        out[clip_key]["ratio_over_resnet50"] = float(np.median(
+            [c / b for c, b in zip(rates[clip_key], rates["resnet50"])]))
+        out[clip_key].update(text_queries_per_s(variants[clip_key].embedder, store_dir, paths[: min(len(paths), 50)]))
+    c = out[clip_key]
+    print(f"\n{'':28s}{'img/s':>8s}\n{'resnet50 (random weights)':28s}{out['resnet50']['img_per_s']:8.1f}\n"
+          f"{clip_key + ' (random weights)':28s}{c['img_per_s']:8.1f}  ({c['ratio_over_resnet50']:.2f}x ResNet50)\n"
+          f"text queries, one at a time: {c['text_queries_per_s']:.1f}/s; texts embedded in a batch of 64: "
+          f"{c['texts_per_s_batch64']:.1f}/s (precision {c['resolved_precision']}, {device})", flush=True)
+    return out
 
 
 def main() -> None:
@@ -586,6 +662,10 @@ def main() -> None:
                     help="add (e): add_many with decode='gpu' and the GPU decode ceiling (CUDA only; "
                     "recorded as skipped otherwise); =cpu-twin runs the same code with decode_jpeg on the "
                     "CPU, a dry run of this script")
+    ap.add_argument("--clip", action="store_true",
+                    help="only the CLIP section: add_many img/s of ResNet50 and of CLIP --clip-model side by side "
+                    "(random weights), and CLIP text queries/s (#17)")
+    ap.add_argument("--clip-model", default="ViT-B-32", help="the open_clip model of --clip (default ViT-B-32)")
     ap.add_argument("--json", type=Path, default=None, help="where to write results "
                     "(default benchmarks/results/embed_throughput-<folder>.json)")
     args = ap.parse_args()
@@ -621,6 +701,13 @@ def main() -> None:
     print(f"{len(paths)} images from {results['images']} (mean {mean_bytes / 1e3:.0f} kB), "
           f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"CPU {describe_cpu().model!r} (bf16 class: {describe_cpu().bf16_class}), load average {os.getloadavg()[0]:.1f}", flush=True)
+    if args.clip:
+        results["clip"] = clip_section(paths, args, device)
+        out = args.json or Path(__file__).parent / "results" / f"embed_throughput-clip-{Path(args.images).name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         store_dir = Path(tmp)
         variants: dict[str, Any] = {}

@@ -89,3 +89,33 @@ def dataset() -> Iterator[Path]:
     if not (DATASET / "train").is_dir():
         pytest.skip(f"data set folder {DATASET} is absent")
     yield DATASET
+
+
+#: A tiny open_clip model config (ViT image tower 32 px, 2-layer text tower, 32-d), for
+#: CLIP tests that must stay fast: open_clip builds it with random weights in a blink.
+TINY_CLIP = "lookalike-tiny-clip"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CLIP config's file, registered with open_clip for this process."""
+    open_clip = pytest.importorskip("open_clip", reason="the [clip] extra (open-clip-torch) is not installed")
+    import json
+
+    path = tmp_path_factory.mktemp("clip-configs") / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(path)
+    return path
+
+
+@pytest.fixture
+def tiny_clip(tiny_clip_config: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tiny CLIP model's name; ``$LOOKALIKE_CLIP_CONFIGS`` names its config, so that
+    ``lookalike`` subprocesses (serve) know it too."""
+    monkeypatch.setenv("LOOKALIKE_CLIP_CONFIGS", str(tiny_clip_config))
+    return TINY_CLIP

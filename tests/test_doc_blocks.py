@@ -17,7 +17,9 @@ An HTML comment on the line before a block changes how it runs (the reason is sh
 - ``<!-- slow: REASON -->``: run only with the slow tests (``-m slow``).
 - ``<!-- fake-embedder: REASON -->``: run with ``FakeEmbedder`` standing in for the model
   embedders (ResNet50 as 2048-d, EfficientNet-Lite0 as 1280-d, any torchvision model as
-  2048-d), e.g. because their weights need a download. Everything else is real.
+  2048-d), e.g. because their weights need a download, and ``ClipEmbedder`` (any model and
+  weights) by the tiny random CLIP of ``tests/conftest.py``, so text search really runs.
+  Everything else is real.
 """
 
 from __future__ import annotations
@@ -151,8 +153,11 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, Page]
 
 
 @pytest.fixture
-def fake_embedders(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A context in which the model embedders are FakeEmbedders of the models' dims."""
+def fake_embedders(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
+    """A context in which the model embedders are FakeEmbedders of the models' dims, and
+    ClipEmbedder the tiny random CLIP (when open_clip is installed)."""
+    import importlib.util
+
     from lookalike.embedders import efficientnet_lite, torchvision
     from lookalike.testing import FakeEmbedder
 
@@ -162,6 +167,12 @@ def fake_embedders(monkeypatch: pytest.MonkeyPatch) -> Any:
             m.setattr(torchvision, "ResNet50Embedder", lambda *a, **k: FakeEmbedder(dim=2048))
             m.setattr(torchvision, "TorchvisionEmbedder", lambda *a, **k: FakeEmbedder(dim=2048))
             m.setattr(efficientnet_lite, "EfficientNetLite0Embedder", lambda *a, **k: FakeEmbedder(dim=1280))
+            if importlib.util.find_spec("open_clip") is not None:
+                from lookalike.embedders import clip
+
+                tiny = request.getfixturevalue("tiny_clip")
+                real = clip.ClipEmbedder
+                m.setattr(clip, "ClipEmbedder", lambda *a, weights=None, **k: real(tiny, None, **k))
             yield
 
     return swapped

@@ -62,12 +62,14 @@ def test_unknown_lazy_name_is_an_attribute_error() -> None:
 def test_import_lookalike_imports_neither_torch_nor_tcvectordb() -> None:
     code = (
         "import sys\n"
-        "import lookalike, lookalike.stores, lookalike.embedders, lookalike.registry\n"
+        "import lookalike, lookalike.stores, lookalike.embedders, lookalike.registry, lookalike.cli\n"
+        "import lookalike.embedders.clip, lookalike.eval.cli, lookalike.serve\n"
         "from lookalike import ImageSearchIndex, sources\n"
         "from lookalike.embedders import FakeEmbedder\n"
         "from lookalike.stores import InMemoryStore, LocalStore\n"
         "index = ImageSearchIndex(embedder=FakeEmbedder(dim=8), store=InMemoryStore())\n"
-        "heavy = sorted(m for m in ('torch', 'torchvision', 'tcvectordb', 'onnxruntime') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'tcvectordb', 'onnxruntime', 'open_clip') "
+        "if m in sys.modules)\n"
         "print(','.join(heavy) or 'none')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -183,7 +183,9 @@ def test_api_info_says_size_and_model(api: Any) -> None:
     assert info["count"] == N_IMAGES
     assert info["embedder"] == FakeEmbedder().identity
     assert info["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 1_000_000, "max_k": 20,
-                              "max_pixels_in_flight": 2_000_000, "max_aspect_ratio": 100}
+                              "max_pixels_in_flight": 2_000_000, "max_aspect_ratio": 100,
+                              "max_text_chars": 1000}
+    assert info["text_search"] is False  # FakeEmbedder has no text tower
 
 
 def test_api_search_finds_the_image_with_k_and_filter(api: Any, gallery: dict[str, Path]) -> None:
@@ -398,6 +400,7 @@ def test_page_finds_the_uploaded_image(server: str, gallery: dict[str, Path]) ->
             page.goto(server + "/")
             expect(page.locator("#info")).to_contain_text(f"{N_IMAGES} images", timeout=30_000)
             expect(page.locator("#info")).to_contain_text(FakeEmbedder().identity)
+            expect(page.locator("#text")).to_be_hidden()  # no text tower: no text box
 
             page.locator("#query input[type=file]").set_input_files(str(gallery["query"]))
             expect(page.locator("#gallery img")).to_have_count(10, timeout=30_000)

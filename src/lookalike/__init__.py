@@ -30,7 +30,7 @@ from .images import load_image
 from .index import ImageSearchIndex, path_id
 from .protocols import Embedder, VectorStore
 from .sources import Item
-from .types import AddReport, Failure, Hit, Record, Schema, Text
+from .types import AddReport, Failure, Hit, Mix, Record, Schema, Text
 
 __all__ = [
     "AddReport",
@@ -44,6 +44,7 @@ __all__ = [
     "ImageSearchIndex",
     "Item",
     "MissingDependencyError",
+    "Mix",
     "ModelLoadError",
     "NotFoundError",
     "Record",

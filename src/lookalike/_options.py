@@ -80,7 +80,8 @@ def add_model_options(
     repeat = "; repeat to compare several in one table" if compare else ""
     parser.add_argument(
         "--embedder", metavar="NAME", default=[] if compare else None, action="append" if compare else "store",
-        help=f"{', '.join(EMBEDDERS)}, resnet50:WEIGHTS.pth or torchvision:ARCH[:WEIGHTS]{repeat} "
+        help=f"{', '.join(EMBEDDERS)}, resnet50:WEIGHTS.pth, torchvision:ARCH[:WEIGHTS] or "
+        f"clip:MODEL[:WEIGHTS] (open_clip; searches by text too){repeat} "
         f"(default: {embedder_default})",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")

@@ -14,12 +14,12 @@ from .errors import ConfigurationError
 from .images import load_image
 from .protocols import Embedder, TextEmbedder
 from .stores._common import as_float32
-from .types import Hit, QueryInput, Record, Text
+from .types import Hit, Mix, QueryInput, Record, Text
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["check_min_score", "excluded_ids", "query_vectors", "text_embedder"]
+__all__ = ["check_min_score", "excluded_ids", "query_parts", "query_vectors", "text_embedder"]
 
 
 def query_vectors(
@@ -28,7 +28,10 @@ def query_vectors(
 ) -> NDArray[np.float32]:
     """One unit row per query: images loaded (never decoded below ``image_size``) and
     embedded ``batch_size`` at a time, texts embedded by the text tower, vectors checked,
-    hits replaced by their ``stored`` records."""
+    hits replaced by their ``stored`` records; a :class:`~lookalike.types.Mix` is the
+    normalised weighted sum of its parts' rows."""
+    if any(isinstance(q, Mix) for q in queries):
+        return _mixed_vectors(queries, embedder, image_size=image_size, stored=stored, batch_size=batch_size)
     dim = embedder.dim
     out = np.zeros((len(queries), dim), dtype=np.float32)
     to_embed: list[int] = []
@@ -42,7 +45,7 @@ def query_vectors(
             q = stored[q.id]
         if isinstance(q, Record):
             q = np.asarray(q.vector)
-        if isinstance(q, Text):
+        if isinstance(q, (Text, Mix)):  # texts: above; a Mix never comes here (_mixed_vectors)
             continue
         if isinstance(q, np.ndarray):
             vec = as_float32(q, "query vector").reshape(-1)
@@ -62,12 +65,42 @@ def query_vectors(
     return out
 
 
+def _mixed_vectors(
+    queries: Sequence[QueryInput], embedder: Embedder, *, image_size: int | None,
+    stored: Mapping[str, Record], batch_size: int,
+) -> NDArray[np.float32]:
+    """The rows of queries some of which are :class:`Mix`: every part embedded in one pass."""
+    flat: list[QueryInput] = []
+    spans: list[tuple[int, list[float]]] = []
+    for q in queries:
+        parts = q.parts if isinstance(q, Mix) else ((q, 1.0),)
+        spans.append((len(flat), [w for _, w in parts]))
+        flat.extend(p for p, _ in parts)
+    rows = query_vectors(flat, embedder, image_size=image_size, stored=stored, batch_size=batch_size)
+    out = np.zeros((len(queries), embedder.dim), dtype=np.float32)
+    for i, (start, weights) in enumerate(spans):
+        mixed = np.asarray(weights, dtype=np.float64) @ rows[start : start + len(weights)].astype(np.float64)
+        norm = float(np.linalg.norm(mixed))
+        if not np.isfinite(norm) or norm < 1e-6:
+            raise ConfigurationError(f"{queries[i]!r}: its weighted parts cancel out (a zero vector); "
+                                     "change the weights")
+        out[i] = mixed / norm
+    return out
+
+
+def query_parts(queries: Sequence[Any]) -> list[Any]:
+    """The queries with every :class:`Mix` replaced by its parts (what has to be embedded)."""
+    return [p for q in queries for p in ([p for p, _ in q.parts] if isinstance(q, Mix) else [q])]
+
+
 def text_embedder(embedder: Embedder) -> TextEmbedder:
     """``embedder`` when it has a text tower, else a ConfigurationError naming it."""
     if not isinstance(embedder, TextEmbedder):
         raise ConfigurationError(
-            f"cannot search by Text with {embedder!r}: text search needs a model with a text tower "
-            "(an embedder with embed_text, e.g. CLIP); search by an image or a vector instead"
+            f"cannot search by Text with {embedder!r}: text search needs a model with a text tower, "
+            "and so an index built with one: lookalike.embedders.ClipEmbedder (--embedder clip or "
+            "clip:MODEL[:WEIGHTS]; pip install 'lookalike[clip]'), or any embedder with embed_text; "
+            "search this index by an image or a vector instead"
         )
     return embedder
 

@@ -27,7 +27,7 @@ from .errors import ConfigurationError, DamagedRecordWarning, ImageSearchError, 
 from .images import URL_REASON, looks_like_url
 from .index import ImageSearchIndex, path_id
 from .registry import open_existing, open_store
-from .types import Failure, Hit
+from .types import Failure, Hit, Text
 
 __all__ = ["COMMANDS", "add_index_options", "build_parser", "main", "open_index", "positive_int"]
 
@@ -169,15 +169,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     for key, value in _parse_pairs(args.filter, "--filter"):
         values = flt.setdefault(key, [])
         values += [v for v in value.split(",") if v not in values]
+    queries: list[str | Text] = [*args.images, *(Text(t) for t in args.text)]
     with open_index(args) as index:
-        results = index.search_many(args.images, k=args.k, filter=flt or None)
+        results = index.search_many(queries, k=args.k, filter=flt or None)
     if args.json:
-        payload = [{"query": q, "hits": [_hit_dict(h) for h in hits]} for q, hits in zip(args.images, results)]
+        payload = [{**({"text": q.text} if isinstance(q, Text) else {"query": q}),
+                    "hits": [_hit_dict(h) for h in hits]} for q, hits in zip(queries, results)]
         _print_json(payload[0] if len(payload) == 1 else payload)
         return 0
-    for query, hits in zip(args.images, results):
-        if len(args.images) > 1:
-            print(f"# {quote_name(query)}")
+    for query, hits in zip(queries, results):
+        if len(queries) > 1:
+            print(f"# {json.dumps(query.text, ensure_ascii=False) if isinstance(query, Text) else quote_name(query)}")
         if not hits:
             print("(no results)")
         for rank, hit in enumerate(hits, 1):
@@ -185,6 +187,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             shown = f"  [{quote_name(str(label))}]" if label is not None else ""
             print(f"{rank:>3}  {hit.score:.4f}  {quote_name(hit.path or hit.id)}{shown}")
     return 0
+
+
+def _search_usage(args: argparse.Namespace) -> str | None:
+    if not args.images and not args.text:
+        return "search: give a query IMAGE, or --text \"WORDS\" (for an index built by a CLIP model)"
+    return None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -291,15 +299,20 @@ def _add_index(sub: Any) -> None:
 
 
 def _add_search(sub: Any) -> None:
-    p = sub.add_parser("search", help="find the stored images most like an image")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
+    p = sub.add_parser("search", help="find the stored images most like an image, or matching words",
+                       description="Search the index by image file(s) and/or by text (--text: the index must "
+                       "be built by a CLIP model, e.g. --embedder clip; the model is read from the index).")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image file(s)")
+    p.add_argument("--text", action="append", default=[], metavar="WORDS",
+                   help="search by words, e.g. --text \"a red car on a beach\" (needs an index built by a "
+                   "CLIP model); repeatable, and may be mixed with query images")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                    help="only results whose metadata matches: KEY=A,B means KEY is A or B; repeatable: "
                    "different keys must all match (AND), the same key again adds values (OR)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_index_options(p)
-    p.set_defaults(func=cmd_search)
+    p.set_defaults(func=cmd_search, usage_problem=_search_usage)
 
 
 def _add_info(sub: Any) -> None:
@@ -418,6 +431,9 @@ def cli_message(exc: ImageSearchError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = args.usage_problem(args) if getattr(args, "usage_problem", None) else None
+    if problem:
+        parser.error(problem)  # exit status 2, like argparse's own usage errors
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

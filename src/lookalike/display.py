@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, SupportsIndex, overload
 
 from .errors import MissingDependencyError
 from .images import DEFAULT_MAX_PIXELS
-from .types import AddReport, Hit, Record, format_rate
+from .types import AddReport, Hit, Mix, Record, Text, format_rate
 
 if TYPE_CHECKING:
     import pandas
@@ -199,6 +199,10 @@ def describe_query(query: Any) -> str:
         return ""
     if isinstance(query, (Hit, Record)):
         return f"more like {_name(query)}"
+    if isinstance(query, Text):
+        return f"“{query.text}”"
+    if isinstance(query, Mix):
+        return " + ".join(f"{w:g} × {describe_query(q)}" for q, w in query.parts).replace("+ -", "- ")
     if isinstance(query, (str, os.PathLike)):
         path = os.fspath(query)
         return _clean(os.path.basename(path) or path)

@@ -81,9 +81,9 @@ class MissingDependencyError(ImageSearchError, ImportError):
         return (type(self), (self.package, self.extra, self.feature, self.extras))
 
 
-#: Extras that install everything another extra does (``[onnx]`` and ``[offline]`` bring torch).
-_EXTRA_INCLUDES = {"onnx": frozenset({"torch"}), "offline": frozenset({"torch"}), "all": frozenset(
-    {"torch", "offline", "onnx", "tencent", "ui", "ann"})}
+#: Extras that install everything another extra does (``[onnx]``, ``[offline]`` and ``[clip]`` bring torch).
+_EXTRA_INCLUDES = {"onnx": frozenset({"torch"}), "offline": frozenset({"torch"}), "clip": frozenset({"torch"}),
+                   "all": frozenset({"torch", "offline", "onnx", "clip", "tencent", "ui", "ann"})}
 
 
 def _needed_extras(extras: Sequence[str]) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from ._embedding import pixel_embedder
 from ._ingest import Ingest
 from ._inputs import LIBRARY_FIELDS, RESERVED_WHY, check_user_metadata, missing_file, path_id
 from ._processes import DecodeProcesses
-from ._queries import check_min_score, excluded_ids, query_vectors, text_embedder
+from ._queries import check_min_score, excluded_ids, query_parts, query_vectors, text_embedder
 from .display import SearchResults
 from .errors import ConfigurationError, NotFoundError, SchemaMismatchError
 from .protocols import (
@@ -439,7 +439,7 @@ class ImageSearchIndex:
         threshold = check_min_score(min_score)
         excluded = excluded_ids(exclude)
         query_list = list(queries)
-        if any(isinstance(q, Text) for q in query_list):
+        if any(isinstance(q, Text) for q in query_parts(query_list)):
             text_embedder(self.embedder)  # before any work
         schema = self._existing_schema()  # a store of another embedder fails before any work
         vectors = self.embed_queries(query_list)
@@ -462,7 +462,7 @@ class ImageSearchIndex:
         """Vectors for queries: images are loaded and embedded, texts embedded by a
         :class:`~lookalike.protocols.TextEmbedder`, vectors checked and normalised, and
         stored hits or records give their stored vectors."""
-        stored = self._stored_vectors([q for q in queries if isinstance(q, Hit)])
+        stored = self._stored_vectors([q for q in query_parts(queries) if isinstance(q, Hit)])
         return query_vectors(queries, self.embedder, image_size=self._pixel_embedder.image_size, stored=stored,
                              batch_size=self.batch_size)
 

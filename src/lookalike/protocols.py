@@ -124,7 +124,7 @@ class TextEmbedder(Embedder, Protocol):
         - ``embed_text(texts)``: a sequence of ``str`` -> ``float32`` array of shape
           ``(len(texts), dim)``, each row L2-normalised. Deterministic.
 
-    None of lookalike's embedders implements it yet.
+    :class:`~lookalike.embedders.ClipEmbedder` implements it.
     """
 
     def embed_text(self, texts: Sequence[str]) -> NDArray[np.float32]: ...

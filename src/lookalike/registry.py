@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigurationError, quote_name
 from .index import ImageSearchIndex
-from .protocols import Embedder, VectorStore
+from .protocols import Embedder, TextEmbedder, VectorStore
 from .types import Schema
 
 __all__ = [
@@ -50,6 +50,12 @@ def _lite0(**kw: Any) -> Embedder:
     return EfficientNetLite0Embedder(**kw)
 
 
+def _clip(**kw: Any) -> Embedder:
+    from .embedders.clip import ClipEmbedder
+
+    return ClipEmbedder(**kw)
+
+
 def _fake(**kw: Any) -> Embedder:
     from .embedders.fake import FakeEmbedder
 
@@ -60,18 +66,22 @@ def _fake(**kw: Any) -> Embedder:
     return FakeEmbedder(**kw)
 
 
-#: Embedder names the CLI accepts (plus ``torchvision:ARCH[:WEIGHTS]`` and ``resnet50:PATH``).
+#: Embedder names the CLI accepts (plus ``torchvision:ARCH[:WEIGHTS]``, ``resnet50:PATH`` and
+#: ``clip:MODEL[:WEIGHTS]``).
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "resnet50": _resnet50,
     "efficientnet-lite0": _lite0,
+    "clip": _clip,
     "resnet50-random": _resnet50_random,
     "fake": _fake,
 }
 
 
 def make_embedder(name: str, **options: Any) -> Embedder:
-    """Build an embedder from a name: ``resnet50``, ``efficientnet-lite0``, ``fake``,
-    ``resnet50-random``, ``resnet50:/path/weights.pth`` or ``torchvision:ARCH[:WEIGHTS]``."""
+    """Build an embedder from a name: ``resnet50``, ``efficientnet-lite0``, ``clip``, ``fake``,
+    ``resnet50-random``, ``resnet50:/path/weights.pth``, ``torchvision:ARCH[:WEIGHTS]`` or
+    ``clip:MODEL[:WEIGHTS]`` (an open_clip model; WEIGHTS a pretrained tag, a checkpoint
+    path, or ``none`` for random weights)."""
     if name in EMBEDDERS:
         return EMBEDDERS[name](**options)
     if name.startswith("resnet50:"):
@@ -84,9 +94,15 @@ def make_embedder(name: str, **options: Any) -> Embedder:
         parts = name.split(":", 2)
         weights = parts[2] if len(parts) > 2 else "DEFAULT"
         return TorchvisionEmbedder(parts[1], None if weights == "none" else weights, **options)
+    if name.startswith("clip:"):
+        from .embedders.clip import ClipEmbedder
+
+        parts = name.split(":", 2)
+        weights = parts[2] if len(parts) > 2 else "DEFAULT"
+        return ClipEmbedder(parts[1] or "ViT-B-32", None if weights == "none" else weights, **options)
     raise ConfigurationError(
         f"unknown embedder {name!r}; use one of {', '.join(EMBEDDERS)}, resnet50:PATH, "
-        "or torchvision:ARCH[:WEIGHTS]"
+        "torchvision:ARCH[:WEIGHTS] or clip:MODEL[:WEIGHTS]"
     )
 
 
@@ -117,6 +133,9 @@ def with_onnx(
     check_onnx_options(onnx, calibration)
     if not isinstance(embedder, TorchEmbedder):
         raise ConfigurationError(f"--onnx runs a torch model; {embedder.identity!r} is not one")
+    if isinstance(embedder, TextEmbedder):  # ONNX Runtime would run the image tower alone: no text search
+        raise ConfigurationError("CLIP models run on torch only (--runtime torch): the ONNX runtime has no "
+                                 "text tower")
     images = None
     if onnx == "int8":
         assert calibration is not None
@@ -144,6 +163,11 @@ def embedder_for_identity(identity: str, **options: Any) -> Embedder | None:
             name = {"none": "resnet50-random", "IMAGENET1K_V2": "resnet50"}.get(weights, f"resnet50:{weights}")
             return make_embedder(name, **options)
         return make_embedder(f"torchvision:{arch}:{weights}", **options)
+    if identity.startswith("clip:"):
+        model, weights = identity.split(":")[1:3]
+        if weights.startswith("file-"):
+            return None  # needs the user's checkpoint file: they must pass --embedder
+        return make_embedder(f"clip:{model}:{'none' if weights == 'random-init' else weights}", **options)
     return None
 
 

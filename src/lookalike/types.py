@@ -20,6 +20,7 @@ __all__ = [
     "Hit",
     "ImageInput",
     "MetadataValue",
+    "Mix",
     "QueryInput",
     "Record",
     "Schema",
@@ -30,7 +31,7 @@ __all__ = [
 Vector = NDArray[np.float32]
 MetadataValue = str | int | float | bool
 ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image"]  # noqa: UP007
-QueryInput = Union[ImageInput, NDArray[Any], "Hit", "Record", "Text"]  # noqa: UP007
+QueryInput = Union[ImageInput, NDArray[Any], "Hit", "Record", "Text", "Mix"]  # noqa: UP007
 Filter = Mapping[str, Any]
 """``{"label": "cat"}`` (equality) or ``{"label": ["cat", "dog"]}`` (in); keys are ANDed."""
 
@@ -50,6 +51,58 @@ class Text:
 
         if not isinstance(self.text, str) or not self.text.strip():
             raise ConfigurationError(f"Text takes a non-empty string, got {self.text!r}")
+
+
+class Mix:
+    """A weighted query: the normalised sum of its parts' vectors, e.g. an image nudged by
+    words, rclip's ``query + 0.3 * "text"``::
+
+        index.search(Mix(("beach.jpg", 1.0), (Text("at night"), 0.3)))
+        index.search(Mix((Text("a dog"), 1.0), (Text("grass"), -0.5)))   # minus: away from it
+
+    A part is any query but a ``Mix`` (an image, a vector, a stored ``Hit`` or ``Record``, a
+    ``Text``); its weight a finite number, negative to subtract. Parts that cancel out
+    (a zero sum) are a :class:`~lookalike.errors.ConfigurationError` when searched.
+    """
+
+    __slots__ = ("parts",)
+    parts: tuple[tuple[Any, float], ...]
+
+    def __init__(self, *parts: tuple[Any, float]) -> None:
+        from .errors import ConfigurationError
+
+        if not parts:
+            raise ConfigurationError("Mix takes one or more (query, weight) pairs")
+        checked = []
+        for part in parts:
+            if not isinstance(part, tuple) or len(part) != 2:
+                raise ConfigurationError(f"Mix takes (query, weight) pairs, got {part!r}")
+            query, weight = part
+            if isinstance(query, Mix):
+                raise ConfigurationError("a Mix cannot hold another Mix; list its parts instead")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(weight):
+                raise ConfigurationError(f"a Mix weight must be a finite number, got {weight!r}")
+            checked.append((query, float(weight)))
+        object.__setattr__(self, "parts", tuple(checked))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Mix is immutable")
+
+    def __repr__(self) -> str:
+        return "Mix(" + ", ".join(f"({q!r}, {w:g})" for q, w in self.parts) + ")"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mix) and len(self.parts) == len(other.parts) and all(
+            w1 == w2 and (q1 is q2 or _same_query(q1, q2)) for (q1, w1), (q2, w2) in zip(self.parts, other.parts))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _same_query(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+    return bool(a == b)
 
 
 #: Metadata keys the facade fills in itself.

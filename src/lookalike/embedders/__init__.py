@@ -5,7 +5,8 @@ it) and run by a runner that takes the spec: :class:`TorchEmbedder` (torch) or
 :class:`OnnxEmbedder` (ONNX Runtime). ``ResNet50Embedder``, ``TorchvisionEmbedder`` and
 ``EfficientNetLite0Embedder`` are ready-made specs run by ``TorchEmbedder``.
 
-``FakeEmbedder`` and ``ModelSpec`` need nothing; the others need the ``[torch]`` extra
+``ClipEmbedder`` (open_clip, ``[clip]`` extra) embeds text too, into its image vectors'
+space. ``FakeEmbedder`` and ``ModelSpec`` need nothing; the others need the ``[torch]`` extra
 (``EfficientNetLite0Embedder`` the ``[offline]`` extra, ``OnnxEmbedder`` the ``[onnx]``
 extra). torch and onnxruntime are imported only when one of them is constructed or
 used, never by ``import lookalike``.
@@ -20,11 +21,13 @@ from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from ._torch import TorchEmbedder
+    from .clip import ClipEmbedder
     from .efficientnet_lite import EfficientNetLite0Embedder
     from .onnx import OnnxEmbedder
     from .torchvision import ResNet50Embedder, TorchvisionEmbedder
 
 __all__ = [
+    "ClipEmbedder",
     "EfficientNetLite0Embedder",
     "FakeEmbedder",
     "ModelSpec",
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ClipEmbedder": ".clip",
     "TorchEmbedder": "._torch",
     "ResNet50Embedder": ".torchvision",
     "TorchvisionEmbedder": ".torchvision",

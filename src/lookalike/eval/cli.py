@@ -12,11 +12,12 @@ from .._options import add_batch_size_option, add_model_options, check_calibrati
 from ..errors import ConfigurationError, quote_name
 from ..registry import RUNTIMES, check_onnx_options, make_model, open_index
 from ..sources import Item
+from ..types import Text
 from .datasets import load_dataset
 from .evaluation import EvalReport, Query, evaluate
 from .report import format_table, write_html
 
-__all__ = ["add_command", "cmd_eval"]
+__all__ = ["add_command", "cmd_eval", "text_queries"]
 
 def add_command(subparsers: Any) -> None:
     """Register the ``eval`` subcommand on the main parser's subparsers."""
@@ -24,7 +25,8 @@ def add_command(subparsers: Any) -> None:
         "eval",
         help="measure retrieval quality (mHR@k, mAP@k) on a labelled data set",
         description="Index a data set's gallery with each embedder, search with its queries and "
-        "report mHR@k, Towhee-style mAP@k, standard mAP@k and recall@1. DATASET is either the "
+        "report mHR@k, Towhee-style mAP@k, standard mAP@k and recall@1 (--text-queries: search by each "
+        "class name as text instead, for CLIP models). DATASET is either the "
         "Towhee layout (train/, test/, reverse_image_search.csv) or one folder per class (then "
         "--queries-per-class images per class are held out as queries, drawn with --seed).",
     )
@@ -39,6 +41,12 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--queries-per-class", type=int, default=1, metavar="N",
                    help="folder-per-class layout: images held out per class as queries (default 1)")
     p.add_argument("--seed", type=int, default=0, help="folder-per-class layout: query draw seed (default 0)")
+    p.add_argument("--text-queries", action="store_true",
+                   help="text-to-image retrieval: one text query per query class instead of the query images, "
+                   "the class name in --text-template (needs a model with a text tower: --embedder clip...)")
+    p.add_argument("--text-template", default="a photo of a {}", metavar="TEMPLATE",
+                   help="--text-queries: the text of a class, {} replaced by its name with _ as spaces "
+                   "(default: 'a photo of a {}')")
     add_batch_size_option(p)
     add_model_options(p, compare=True, embedder_default="efficientnet-lite0",
                       calibration_advice="use images that are not in the data set, or the figures "
@@ -48,6 +56,18 @@ def add_command(subparsers: Any) -> None:
                    help="write a self-contained HTML page: table, then every query's top-k, worst first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
+
+
+def text_queries(labels: list[str], template: str) -> list[Query]:
+    """One :class:`~lookalike.Text` query per class: ``template`` with the class name (``_`` as
+    spaces), relevant = the gallery images of that class."""
+    if template.count("{}") != 1:
+        raise ConfigurationError(f"--text-template needs exactly one {{}} for the class name, got {template!r}")
+    out = []
+    for label in labels:
+        text = template.replace("{}", label.replace("_", " "))
+        out.append(Query(Text(text), label=label, name=text))
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -70,8 +90,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if progress:
         print(f"data set: {data}", file=sys.stderr)
     gallery = [Item(g.path, metadata={"label": g.label}) for g in data.gallery]
-    queries = [Query(q.path, label=q.label, name=q.path.relative_to(data.root).as_posix())
-               for q in data.queries]
+    queries = (text_queries(sorted({q.label for q in data.queries}), args.text_template) if args.text_queries
+               else [Query(q.path, label=q.label, name=q.path.relative_to(data.root).as_posix())
+                     for q in data.queries])
     reports: list[EvalReport] = []
     rows = [(name, runtime) for name in names for runtime in runtimes]
     for name, runtime in rows:

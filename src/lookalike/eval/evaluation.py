@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import ConfigurationError
 from ..images import describe_source
-from ..types import Hit, ImageInput
+from ..types import Hit, ImageInput, Text
 from .metrics import average_precision, hit_ratio, success_at_k, towhee_average_precision
 
 if TYPE_CHECKING:
@@ -22,14 +22,15 @@ __all__ = ["EvalReport", "Query", "QueryLike", "QueryResult", "evaluate"]
 
 @dataclass(frozen=True)
 class Query:
-    """A query image and what counts as a correct answer: ``relevant`` ids or a ``label``.
+    """A query (an image, or a :class:`~lookalike.Text` for a model with a text tower) and
+    what counts as a correct answer: ``relevant`` ids or a ``label``.
 
     With ``label``, the relevant items are the stored records whose ``label`` metadata
     (or ``label_field`` of :func:`evaluate`) equals it. ``name`` is shown in reports
     (default: the image's path).
     """
 
-    image: ImageInput
+    image: ImageInput | Text
     relevant: Collection[str] | None = None
     label: str | None = None
     name: str | None = None
@@ -39,8 +40,8 @@ class Query:
             raise ConfigurationError("a Query needs exactly one of relevant= or label=")
 
 
-#: A :class:`Query`, or ``(image, label)`` / ``(image, relevant_ids)``.
-QueryLike = Union[Query, "tuple[ImageInput, str | Collection[str]]"]
+#: A :class:`Query`, or ``(image, label)`` / ``(image, relevant_ids)`` (the image may be a ``Text``).
+QueryLike = Union[Query, "tuple[ImageInput | Text, str | Collection[str]]"]
 
 
 @dataclass
@@ -187,7 +188,7 @@ def evaluate(
         if not rel:
             what = f"label {q.label!r}" if q.label is not None else "an empty relevant set"
             raise ConfigurationError(
-                f"query {q.name or describe_source(q.image)} has {what}: no stored item counts as relevant"
+                f"query {q.name or _describe(q.image)} has {what}: no stored item counts as relevant"
             )
         relevant.append(rel)
 
@@ -230,12 +231,16 @@ def evaluate(
     )
 
 
+def _describe(query: ImageInput | Text) -> str:
+    return repr(query.text) if isinstance(query, Text) else describe_source(query)
+
+
 def _row(q: Query, rel: frozenset[str], hits: Sequence[Hit], k: int) -> QueryResult:
     ids = [h.id for h in hits]
     scores = [h.score for h in hits]
     path = os.fspath(q.image) if isinstance(q.image, (str, os.PathLike)) else None
     return QueryResult(
-        name=q.name or describe_source(q.image),
+        name=q.name or _describe(q.image),
         label=q.label,
         relevant=len(rel),
         hits=list(hits),

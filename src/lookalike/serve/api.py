@@ -1,4 +1,5 @@
-"""The JSON API: ``POST /api/search``, ``GET /api/info``, ``GET /api/image/{id}``."""
+"""The JSON API: ``POST /api/search`` (an image, or ``{"text": ...}`` as JSON), ``GET /api/info``,
+``GET /api/image/{id}``."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
         return await guarded(service.info)
 
     async def api_search(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "application/json":
+            return await api_search_text(request)
         try:
             data, fields = await _read_search_request(request, service.limits.max_upload_bytes)
         except Rejected as exc:
@@ -60,6 +64,21 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
 
         def work() -> dict[str, Any]:
             return {"hits": [hit_dict(h) for h in service.search_upload(data, k, flt)]}
+
+        return await guarded(work)
+
+    async def api_search_text(request: Request) -> Response:
+        """``{"text": "a red car", "k": 10, "filter": {"label": "cars"}}``: search by words."""
+        try:
+            body = await _read_capped(request, _TEXT_BODY_LIMIT)
+            query = _text_query(body)
+        except Rejected as exc:
+            return error(exc.status, str(exc))
+        k = query.get("k", request.query_params.get("k", "10"))
+        flt = query.get("filter", request.query_params.getlist("filter"))
+
+        def work() -> dict[str, Any]:
+            return {"hits": [hit_dict(h) for h in service.search_text(query["text"], k, flt)]}
 
         return await guarded(work)
 
@@ -106,7 +125,7 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
 
     async def _read_capped(request: Request, limit: int) -> bytes:
         declared = request.headers.get("content-length", "")
-        too_big = Rejected(413, f"the upload is larger than the limit of {_size(service.limits.max_upload_bytes)}")
+        too_big = Rejected(413, f"the upload is larger than the limit of {_size(min(limit, service.limits.max_upload_bytes))}")
         if declared.isdigit() and int(declared) > limit:
             raise too_big
         chunks: list[bytes] = []
@@ -123,6 +142,30 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
     app.add_route("/api/info", api_info, methods=["GET"])
     app.add_route("/api/search", api_search, methods=["POST"])
     app.add_route("/api/image/{id}", api_image, methods=["GET"])
+
+
+#: The largest JSON body of a text search (the text itself is capped by the service).
+_TEXT_BODY_LIMIT = 64 * 1024
+
+
+def _text_query(body: bytes) -> dict[str, Any]:
+    """A text search's JSON body: an object with ``text`` (and optionally ``k``, ``filter``);
+    one naming a path, glob, URL or image is refused like any path."""
+    import json
+
+    try:
+        query = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(400, 'the JSON body is not valid JSON; send {"text": "a red car", "k": 10}') from None
+    if not isinstance(query, dict) or "text" not in query or any(
+            key in query for key in ("path", "url", "glob", "image")):
+        raise Rejected(415, f'{_NOT_A_PATH}; to search by words send {{"text": "a red car"}}')
+    unknown = sorted(set(query) - {"text", "k", "filter"})
+    if unknown:
+        raise Rejected(400, f"unknown field(s) {', '.join(map(repr, unknown))}; a text search takes text, k and filter")
+    if not isinstance(query["text"], str):
+        raise Rejected(400, f"text must be a string, got {type(query['text']).__name__}")
+    return query
 
 
 def _encode_jpeg(image: Image.Image) -> bytes:

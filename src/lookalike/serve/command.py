@@ -10,7 +10,9 @@ from typing import Any
 from .._options import add_model_options, add_store_option, model_options
 from ..errors import ConfigurationError
 from ..index import ImageSearchIndex
+from ..protocols import TextEmbedder
 from ..registry import open_index
+from ..types import Text
 from .app import build_app, run
 from .limits import AUTH_ENV, DEFAULT_PORT, Limits, return_large_blocks
 from .middleware import bind_warning, parse_auth
@@ -56,6 +58,8 @@ def _warm_up(index: ImageSearchIndex) -> None:
     from PIL import Image
 
     index.embed_queries([Image.new("RGB", (64, 64), (128, 128, 128))])
+    if isinstance(index.embedder, TextEmbedder):  # the tokenizer too (a CLIP model)
+        index.embed_queries([Text("a photo")])
 
 
 def add_command(subparsers: Any) -> None:

@@ -44,6 +44,8 @@ class Limits:
             ``max_body_bytes_in_flight``) before it is refused with 503.
         max_body_bytes_in_flight: most request-body bytes held at once by all requests together
             (0: four times :attr:`max_body_bytes`).
+        max_text_chars: longest text query, in characters (the model reads only its first
+            few dozen tokens anyway).
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -53,9 +55,10 @@ class Limits:
     max_aspect_ratio: int = 100
     max_wait_s: float = 30.0
     max_body_bytes_in_flight: int = 0
+    max_text_chars: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_k", "max_aspect_ratio"):
+        for name in ("max_upload_bytes", "max_pixels", "max_k", "max_aspect_ratio", "max_text_chars"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
         budget = self.max_pixels_in_flight
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:

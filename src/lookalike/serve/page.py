@@ -1,4 +1,5 @@
-"""The Gradio page: drop, paste, upload or photograph an image, see the most similar stored ones."""
+"""The Gradio page: drop, paste, upload or photograph an image (or, with a CLIP model, type
+what it shows), see the most similar stored ones."""
 
 from __future__ import annotations
 
@@ -146,6 +147,29 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         vector = vectors[0].tolist() if vectors else None  # re-searches (k, label) reuse it
         return gallery, status, hits, None, vector, gr.update(visible=False)
 
+    def clear_text() -> str:
+        return ""  # an uploaded image (or a chosen result) is the query now
+
+    def search_text(text: Any, k: Any, label: Any) -> tuple[Any, ...]:
+        vectors: list[Any] = []
+
+        def work() -> list[Hit]:
+            service.check_k(k)
+            service.check_filter(label_filter(label))
+            vectors.append(service.embed_text(text))
+            return service.search(vectors[0], k, label_filter(label))
+
+        shown = str(text or "").strip()
+        what = f"“{shown[:60]}{'…' if len(shown) > 60 else ''}”"
+        gallery, status, hits = run_guarded(work, what)
+        vector = vectors[0].tolist() if vectors else None  # re-searches (k, label) reuse it
+        return gallery, status, hits, None, vector, gr.update(visible=False), None
+
+    def search_button(payload: Any, k: Any, label: Any, query_id: Any, query_vec: Any, text: Any) -> tuple[Any, ...]:
+        if isinstance(text, str) and text.strip():  # typed last: an upload or a chosen result empties it
+            return search_text(text, k, label)
+        return (*search_current(payload, k, label, query_id, query_vec), gr.skip())
+
     def search_current(payload: Any, k: Any, label: Any, query_id: Any, query_vec: Any) -> tuple[Any, ...]:
         if query_id:
             gallery, status, hits = run_guarded(
@@ -215,6 +239,11 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
                     height=320,
                     elem_id="query",
                 )
+                text = gr.Textbox(
+                    label="…or describe it in words (Enter searches)", placeholder="a red car on a beach",
+                    max_lines=1, max_length=service.limits.max_text_chars, visible=service.has_text,
+                    elem_id="text",
+                )
                 k = gr.Slider(1, min(50, service.limits.max_k), value=default_k, step=1, label="Results (k)",
                               elem_id="k")
                 label = gr.Dropdown(
@@ -243,12 +272,15 @@ def _build_blocks(gr: Any, service: SearchService, default_k: int) -> Any:
         demo.load(header, None, info_md, api_name=False)
         query.upload(search_upload, [query, k, label], [*outputs, detail], preprocess=False,
                      api_name="search")
+        query.upload(clear_text, None, text, api_name=False)
+        text.submit(search_text, [text, k, label], [*outputs, detail, query], api_name="search_text")
         current = [query, k, label, query_id, query_vec]
-        run.click(search_current, current, [*outputs, detail], preprocess=False, api_name=False)
+        run.click(search_button, [*current, text], [*outputs, detail, query], preprocess=False, api_name=False)
         k.release(search_current, current, [*outputs, detail], preprocess=False, api_name=False)
         label.input(search_current, current, [*outputs, detail], preprocess=False, api_name=False)
         query.clear(clear, None, [*outputs, detail], api_name=False)
         gallery.select(select, [hits_state], [big, details, selected_id, detail], api_name=False)
         again.click(search_by, [selected_id, k, label], [*outputs, query], api_name=False)
+        again.click(clear_text, None, text, api_name=False)  # the chosen result is the query now
         add_duplicates_panel(gr, service)
     return demo

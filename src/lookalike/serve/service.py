@@ -8,11 +8,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._embedding import pixel_embedder
+from .._queries import text_embedder
 from .._version import __version__
-from ..errors import ImageLoadError
+from ..errors import ConfigurationError, ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, decode_image, load_image, read_image_bytes
 from ..index import ImageSearchIndex
-from ..types import Hit
+from ..protocols import TextEmbedder
+from ..types import Hit, Text
 from .limits import _OUT_OF_MEMORY, Limits, PixelBudget, Rejected, probe_image
 
 if TYPE_CHECKING:
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
 
 # -- the search service: everything the page and the API do, without any web framework ----------
 class SearchService:
-    """Searches an index by uploaded image bytes or by a stored record, within :class:`Limits`.
+    """Searches an index by uploaded image bytes, by a stored record or by text (a CLIP
+    model), within :class:`Limits`.
 
     Stored images are read only through a record id (id → the record's stored ``path``), so a
     client can never make the server open a file that is not in the index.
@@ -50,6 +53,7 @@ class SearchService:
             "metric": schema.metric if schema else None,
             "fields": list(schema.fields) if schema else [],
             "store": type(self.index.store).__name__,
+            "text_search": self.has_text,
             "lookalike": __version__,
             "limits": {
                 "max_upload_bytes": self.limits.max_upload_bytes,
@@ -57,6 +61,7 @@ class SearchService:
                 "max_k": self.limits.max_k,
                 "max_pixels_in_flight": self.limits.max_pixels_in_flight,
                 "max_aspect_ratio": self.limits.max_aspect_ratio,
+                "max_text_chars": self.limits.max_text_chars,
             },
         }
 
@@ -180,6 +185,33 @@ class SearchService:
         self.check_k(k)
         self.check_filter(filter)  # cheap checks first: a bad k never costs a decode
         return self.search(self.embed_upload(data), k, filter)
+
+    @property
+    def has_text(self) -> bool:
+        """True when the index's model has a text tower (search by words works)."""
+        return isinstance(self.index.embedder, TextEmbedder)
+
+    def embed_text(self, text: object) -> NDArray[np.float32]:
+        """The query vector of a text (a CLIP model's text tower); :class:`Rejected` (400) when
+        the text is empty or too long, or the model has no text tower."""
+        if not isinstance(text, str) or not text.strip():
+            raise Rejected(400, "the text is empty: type what the picture shows, e.g. 'a red car'")
+        if len(text) > self.limits.max_text_chars:
+            raise Rejected(400, f"the text is {len(text):,} characters long; the limit is {self.limits.max_text_chars:,}")
+        try:
+            text_embedder(self.index.embedder)
+        except ConfigurationError as exc:
+            raise Rejected(400, str(exc)) from None
+        with self._lock:
+            vectors: NDArray[np.float32] = self.index.embed_queries([Text(text)])
+        vector: NDArray[np.float32] = vectors[0].copy()
+        return vector
+
+    def search_text(self, text: object, k: object = 10, filter: Any = None) -> list[Hit]:
+        """The stored images that best match ``text`` (checks k and filter before the model runs)."""
+        self.check_k(k)
+        self.check_filter(filter)
+        return self.search(self.embed_text(text), k, filter)
 
     def search(self, query: Image.Image | Any, k: object = 10, filter: Any = None) -> list[Hit]:
         """Search by a decoded image or a vector (use :meth:`search_upload` for bytes)."""

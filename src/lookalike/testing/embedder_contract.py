@@ -13,7 +13,8 @@ Subclass it in a test module and provide an ``embedder`` fixture::
 
 Every test uses the public :class:`~lookalike.Embedder` protocol (and, for an embedder
 with the batch hooks of :class:`~lookalike.embedders.TorchEmbedder` -- ``pixels``,
-``pixel_function``, ``embed_pixels``, ``submit_pixels`` -- those too), a few small
+``pixel_function``, ``embed_pixels``, ``submit_pixels`` -- those too; for a
+:class:`~lookalike.protocols.TextEmbedder`, ``embed_text``), a few small
 generated images, and says, when it fails, what the embedder should do instead. Set
 ``atol`` on the subclass for a model whose batches differ in the last bits (low precision).
 This module imports pytest: import it from tests only.
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from ..protocols import Embedder
+from ..protocols import Embedder, TextEmbedder
 from .images import make_image
 
 __all__ = ["EmbedderContract", "contract_images"]
@@ -142,6 +143,19 @@ class EmbedderContract:
         size = _hooks(embedder).image_size
         assert size is None or (isinstance(size, int) and size >= 1), (
             f"image_size must be None or the shorter side the preprocessing resizes to, got {size!r}")
+
+    # -- the text tower (TextEmbedder, e.g. ClipEmbedder) ------------------------------------------
+    def test_text_vectors_are_unit_rows_in_the_image_space(self, embedder: Any) -> None:
+        if not isinstance(embedder, TextEmbedder):
+            pytest.skip(f"{type(embedder).__name__} has no text tower (embed_text)")
+        texts = ["a red car on a beach", "two cats", "a red car on a beach"]
+        vectors = embedder.embed_text(texts)
+        _check_vectors(vectors, len(texts), embedder.dim)
+        np.testing.assert_allclose(vectors[0], vectors[2], atol=self.atol,
+                                   err_msg="embed_text must be deterministic: the same text, the same vector")
+        np.testing.assert_allclose(embedder.embed_text(texts[1:2])[0], vectors[1], atol=self.atol,
+                                   err_msg="a text's vector must not depend on the others in its batch")
+        assert embedder.embed_text([]).shape == (0, embedder.dim), "embed_text([]) must return a (0, dim) array"
 
 
 def _hooks(embedder: Any) -> Any:
