@@ -1,5 +1,6 @@
-"""Search over the mirror: exact (float32 brute force) or approximate (IVF candidates
-re-ranked with the exact vectors); hits read back with their metadata."""
+"""Search over the mirror: exact (float32 brute force over the mapped vectors) or
+approximate (IVF candidates re-ranked with the exact vectors); hits read back with their
+metadata."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from ...filters import NormalizedFilter
 from ...types import Hit
 from .._common import top_k
 from ._columns import filter_mask
+from ._ivf import Bitmap
 from ._mirror import Mirror
-from ._rows import decode_block, sound_vectors, warn_damaged
+from ._rows import warn_damaged
 from ._sqlite import execute_in
 
 __all__ = ["search"]
 
-_EXACT_FILTER_LIMIT = 50_000  # filtered ANN searches with fewer candidates scan them all
+# Filtered searches with at most this many matches score them all exactly (recall 1.0);
+# above it the index is searched with the matches as an allow-list.
+_EXACT_FILTER_LIMIT = 20_000
 
 _Found = list[tuple[NDArray[np.int64], NDArray[np.float32]]]  # (rowids, scores) per query
 
@@ -40,10 +44,10 @@ def search(
     candidates = mirror.live if mask is None else int(mask.sum())
     if candidates == 0:
         return [[] for _ in range(nq)]
-    if mirror.matrix is not None:
+    if mirror.ann is None or (mask is not None and candidates <= _EXACT_FILTER_LIMIT):
         found = _search_exact(mirror, queries, min(k, candidates), mask, candidates)
     else:
-        found = _search_ann(db, mirror, queries, k, mask, candidates, where)
+        found = _search_ann(mirror, queries, k, mask, candidates)
     return _hits(db, found, where)
 
 
@@ -76,45 +80,65 @@ def _search_exact(
 
 
 def _search_ann(
-    db: sqlite3.Connection,
     mirror: Mirror,
     queries: NDArray[np.float32],
     k: int,
     mask: NDArray[np.bool_] | None,
     candidates: int,
-    where: object,
 ) -> _Found:
+    """IVF candidates for the rows the index holds, exact scores for the rows written
+    after it was built; all re-ranked with the float32 vectors."""
     ann = mirror.ann
-    pool = min(candidates, max(4 * k, k + 30))  # re-ranked with the float32 vectors
-    allowed = None if mask is None else mirror.rowids[: mirror.size][mask]
-    nprobe = ann.nprobe
-    if allowed is not None:
-        if candidates <= _EXACT_FILTER_LIMIT:
-            nprobe = ann.nlist  # visits every list, but scores only the candidates
-        else:
-            nprobe = min(ann.nlist, math.ceil(nprobe * mirror.live / candidates))
-    _, ids = ann.search(queries, pool, nprobe, allowed)
+    size = mirror.size
+    rowids = mirror.rowids[:size]
+    valid = mirror.alive[:size] if mask is None else mask
+    split = int(np.searchsorted(rowids, ann.last_rowid, side="right"))
+    inside = int(valid[:split].sum())
     need = min(k, candidates)
-    short = [j for j in range(len(ids)) if int((ids[j] >= 0).sum()) < need]
-    if short and nprobe < ann.nlist:  # never return fewer hits than there are matches
-        _, ids[short] = ann.search(queries[short], pool, ann.nlist, allowed)
-    wanted = np.unique(ids[ids >= 0])
-    vectors: dict[int, NDArray[np.float32]] = {}
-    sql = "SELECT rowid, id, vector FROM records WHERE rowid IN ({marks})"
-    for cursor in execute_in(db, sql, wanted.tolist()):
-        rows = sound_vectors(where, cursor.fetchall(), mirror.dim)
-        for row, vec in zip(rows, decode_block(rows, mirror.dim)):
-            vectors[int(row[0])] = vec
+    pool = max(4 * k, k + 30)  # re-ranked with the float32 vectors
+    nq = queries.shape[0]
+    ids = np.full((nq, 0), -1, dtype=np.int64)
+    if inside:
+        nprobe = ann.nprobe
+        if mask is None:
+            allowed = _unfiltered_bitmap(mirror, split, inside)
+        else:
+            allowed = Bitmap(rowids[:split][valid[:split]])
+            nprobe = min(ann.nlist, math.ceil(nprobe * mirror.live / candidates))
+        _, ids = ann.search(queries, min(pool, inside), nprobe, allowed)
+        short = [j for j in range(nq) if int((ids[j] >= 0).sum()) < min(need, inside)]
+        if short and nprobe < ann.nlist:  # never return fewer hits than there are matches
+            _, ids[short] = ann.search(queries[short], min(pool, inside), ann.nlist, allowed)
+    delta = np.flatnonzero(valid[split:]) + split  # written after the index: exact
+    delta_scores = mirror.rows(delta) @ queries.T if len(delta) else None
     out = []
-    for j in range(len(ids)):
-        got = np.array([r for r in ids[j] if r >= 0 and int(r) in vectors], dtype=np.int64)
-        if not len(got):
-            out.append((got, np.zeros(0, dtype=np.float32)))
-            continue
-        exact = np.stack([vectors[int(r)] for r in got]) @ queries[j]
-        best = top_k(exact, min(k, len(got)))
-        out.append((got[best], exact[best]))
+    for j in range(nq):
+        got = ids[j][ids[j] >= 0]
+        pos = np.searchsorted(rowids, got)
+        ok = pos < size
+        pos = pos[ok]
+        pos = pos[(rowids[pos] == got[ok]) & valid[pos]]
+        exact = mirror.rows(pos) @ queries[j]
+        if delta_scores is not None:
+            pos = np.concatenate([pos, delta])
+            exact = np.concatenate([exact, delta_scores[:, j]])
+        best = top_k(exact, min(k, len(pos)))
+        out.append((rowids[pos[best]], exact[best]))
     return out
+
+
+def _unfiltered_bitmap(mirror: Mirror, split: int, inside: int) -> Bitmap | None:
+    """The rows the index may return, when it holds rows that are gone (else None)."""
+    if mirror.ann.ntotal == inside:
+        return None
+    key = (mirror.size, mirror.dead, split, id(mirror.ann))
+    cached = mirror._bitmap
+    if cached is None or cached[0] != key:
+        rowids = mirror.rowids[:split]
+        cached = (key, Bitmap(rowids[mirror.alive[:split]]))
+        mirror._bitmap = cached
+    bitmap: Bitmap = cached[1]
+    return bitmap
 
 
 def _hits(db: sqlite3.Connection, found: _Found, where: object) -> list[list[Hit]]:

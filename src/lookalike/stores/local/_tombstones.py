@@ -3,11 +3,7 @@ processes catch up on deletions incrementally; the log is compacted when it grow
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from pathlib import Path
-
-from ._ivf import AnnFileError, IvfIndex
 
 __all__ = ["compact", "max_tomb", "maybe_compact", "tomb_floor"]
 
@@ -27,36 +23,25 @@ def max_tomb(db: sqlite3.Connection) -> int:
     return max(top, tomb_floor(db))
 
 
-def maybe_compact(db: sqlite3.Connection, ann_path: Path, store_uuid: str) -> None:
+def maybe_compact(db: sqlite3.Connection) -> None:
     """Compact the tombstones once they outnumber both the live records and a floor."""
     pending = max_tomb(db) - tomb_floor(db)
     if pending < _TOMB_COMPACT_MIN:
         return
     live = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
     if pending > live:
-        compact(db, ann_path, store_uuid, live)
+        compact(db)
 
 
-def compact(db: sqlite3.Connection, ann_path: Path, store_uuid: str, live: int | None = None) -> int:
-    """Delete the tombstones every reader can do without; return how many.
+def compact(db: sqlite3.Connection) -> int:
+    """Delete the tombstones; return how many.
 
     Inside a write transaction. Readers that had not seen them all resync their
-    deletions from the rowids (``meta.tomb_floor`` tells them). Tombstones newer than
-    the derived ANN file are kept, so that it still catches up incrementally, unless
-    they outnumber the ``live`` records (catching up would cost about a rebuild).
+    deletions from the rowids (``meta.tomb_floor`` tells them). The derived files need
+    none: a process opening them masks the rows SQLite no longer holds.
     """
     floor = tomb_floor(db)
     upto = max_tomb(db)
-    if ann_path.exists():
-        with contextlib.suppress(AnnFileError, KeyError, TypeError, ValueError):
-            header = IvfIndex.read_header(ann_path)
-            covered = int(header["last_tomb"])
-            if (
-                header.get("store") == store_uuid
-                and covered >= floor
-                and (live is None or upto - covered <= live)
-            ):
-                upto = min(upto, covered)
     if upto <= floor:
         return 0
     removed = int(db.execute("DELETE FROM tombstones WHERE seq <= ?", (upto,)).rowcount)

@@ -1,0 +1,266 @@
+"""The derived vector file ``<store>.vec``: every stored vector as float32, memory-mapped.
+
+A process opening a store maps this file instead of reading every vector out of SQLite,
+so opening costs the same at any size and the vectors are shared by every process
+through the page cache.
+
+Layout: a 4096-byte header (a magic line, then JSON naming the store's uuid, the
+dimension and a random *token*) followed by float32 rows. SQLite says which rows are
+valid, in the same transaction as the records themselves: ``meta.vecfile`` holds
+``{"token", "rows"}`` and the table ``vecsegs(pos, row, n)`` says that the file's
+positions ``pos .. pos+n-1`` hold the vectors of rowids ``row .. row+n-1``. A writer
+writes the vectors into the file *before* it commits, so a committed row is always in
+the file; rows past ``rows`` (a transaction that never committed) are overwritten by
+the next append. A file whose token differs from SQLite's (deleted, replaced, another
+store's) is ignored and rebuilt from SQLite, which stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ...errors import StoreError
+
+__all__ = [
+    "HEADER_BYTES",
+    "VecFile",
+    "VecFileError",
+    "VecState",
+    "create",
+    "drop_state",
+    "ensure_table",
+    "open_file",
+    "runs",
+    "segments",
+    "state",
+]
+
+_MAGIC = b"LOOKALIKE-VEC 1\n"
+HEADER_BYTES = 4096
+_SEGS_SQL = (
+    "CREATE TABLE IF NOT EXISTS vecsegs "
+    "(pos INTEGER PRIMARY KEY, row INTEGER NOT NULL, n INTEGER NOT NULL)"
+)
+
+
+class VecFileError(Exception):
+    """The vector file is missing, damaged or not the one SQLite describes."""
+
+
+class VecState(NamedTuple):
+    """What SQLite says about the vector file: its token and its valid row count."""
+
+    token: str
+    rows: int
+
+
+def state(db: sqlite3.Connection) -> VecState | None:
+    """The vector file SQLite describes, or None (no file: vectors come from SQLite)."""
+    row = db.execute("SELECT value FROM meta WHERE key='vecfile'").fetchone()
+    if row is None:
+        return None
+    try:
+        got = json.loads(row[0])
+        return VecState(str(got["token"]), int(got["rows"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _set_state(db: sqlite3.Connection, token: str, rows: int) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('vecfile', ?)",
+        (json.dumps({"token": token, "rows": rows}),),
+    )
+
+
+def ensure_table(db: sqlite3.Connection) -> None:
+    """Create the segments table (inside a write transaction); older stores lack it."""
+    db.execute(_SEGS_SQL)
+
+
+def drop_state(db: sqlite3.Connection) -> None:
+    """Forget the vector file (inside a write transaction): it is rebuilt from SQLite."""
+    db.execute("DELETE FROM meta WHERE key='vecfile'")
+    if _has_segs(db):
+        db.execute("DELETE FROM vecsegs")
+
+
+def _has_segs(db: sqlite3.Connection) -> bool:
+    return (
+        db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vecsegs'").fetchone()
+        is not None
+    )
+
+
+def segments(db: sqlite3.Connection, from_pos: int, rows: int) -> list[tuple[int, int, int]]:
+    """(pos, rowid, n) of the segments at or after position ``from_pos``, below ``rows``."""
+    if not _has_segs(db):
+        return []
+    return [
+        (int(p), int(r), int(n))
+        for p, r, n in db.execute(
+            "SELECT pos, row, n FROM vecsegs WHERE pos >= ? AND pos < ? ORDER BY pos",
+            (from_pos, rows),
+        )
+    ]
+
+
+def runs(rowids: NDArray[np.int64]) -> list[tuple[int, int, int]]:
+    """Split sorted ``rowids`` into runs of consecutive values: (index, first rowid, n)."""
+    if not len(rowids):
+        return []
+    breaks = np.flatnonzero(np.diff(rowids) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rowids)]])
+    return [(int(s), int(rowids[s]), int(e - s)) for s, e in zip(starts, ends)]
+
+
+def _header(store_uuid: str, dim: int, token: str) -> bytes:
+    blob = _MAGIC + json.dumps({"store": store_uuid, "dim": dim, "token": token}).encode()
+    return blob.ljust(HEADER_BYTES, b" ")
+
+
+class VecFile:
+    """An open vector file: positional writes, and read-only maps of its first rows."""
+
+    def __init__(self, path: Path, fd: int, dim: int, token: str, writable: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.dim = dim
+        self.token = token
+        self.writable = writable
+        self.row_bytes = dim * 4
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:  # pragma: no cover - closing a file descriptor hardly fails
+            pass
+
+    def write(self, pos: int, vectors: NDArray[np.float32], where: object) -> None:
+        """Write ``vectors`` at position ``pos``; an OSError becomes a StoreError."""
+        data = np.ascontiguousarray(vectors, dtype=np.float32).tobytes()
+        offset = HEADER_BYTES + pos * self.row_bytes
+        try:
+            view = memoryview(data)
+            while view:
+                done = os.pwrite(self.fd, view, offset)
+                view, offset = view[done:], offset + done
+        except OSError as exc:
+            raise StoreError(
+                f"{where}: cannot write the vector file {self.path}: {exc.strerror or exc}. "
+                "The disk may be full: free some space and retry; what was committed "
+                "before is intact.",
+                backend="LocalStore",
+            ) from exc
+
+    def map(self, rows: int) -> NDArray[np.float32]:
+        """The first ``rows`` rows, memory-mapped read-only (no copy)."""
+        if rows == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        size = HEADER_BYTES + rows * self.row_bytes
+        if os.fstat(self.fd).st_size < size:
+            raise VecFileError(f"{self.path} is shorter than the {rows} rows SQLite records")
+        mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        with_advice = getattr(mm, "madvise", None)
+        if with_advice is not None and hasattr(mmap, "MADV_RANDOM"):
+            # searches touch a few rows each: no read-ahead of the rest
+            try:
+                with_advice(mmap.MADV_RANDOM)
+            except OSError:  # pragma: no cover - advice only
+                pass
+        return np.frombuffer(
+            mm, dtype=np.float32, count=rows * self.dim, offset=HEADER_BYTES
+        ).reshape(rows, self.dim)
+
+    def read(self, pos: int, rows: int) -> NDArray[np.float32]:
+        """Rows read with plain file I/O (a copy): for verifying and rebuilding."""
+        data = os.pread(self.fd, rows * self.row_bytes, HEADER_BYTES + pos * self.row_bytes)
+        if len(data) != rows * self.row_bytes:
+            raise VecFileError(f"{self.path} is shorter than expected")
+        return np.frombuffer(data, dtype=np.float32).reshape(rows, self.dim)
+
+
+def create(path: Path, store_uuid: str, dim: int) -> VecFile:
+    """A new empty vector file at ``path`` (replacing any file there), with a new token."""
+    token = uuid.uuid4().hex
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(_header(store_uuid, dim, token))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fd = os.open(path, os.O_RDWR)
+    return VecFile(path, fd, dim, token, writable=True)
+
+
+def open_file(path: Path, store_uuid: str, dim: int, token: str, writable: bool) -> VecFile:
+    """Open the vector file SQLite describes; VecFileError if it is not that file."""
+    try:
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    except OSError as exc:
+        if writable and not isinstance(exc, FileNotFoundError):
+            return open_file(path, store_uuid, dim, token, writable=False)
+        raise VecFileError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    try:
+        head = os.pread(fd, HEADER_BYTES, 0)
+        if len(head) < HEADER_BYTES or not head.startswith(_MAGIC):
+            raise VecFileError(f"{path} is not a lookalike vector file")
+        try:
+            meta: Any = json.loads(head[len(_MAGIC) :].decode().strip())
+        except ValueError as exc:
+            raise VecFileError(f"{path}: unreadable header") from exc
+        if not isinstance(meta, dict):
+            raise VecFileError(f"{path}: unreadable header")
+        expect = {"store": store_uuid, "dim": dim, "token": token}
+        for key, value in expect.items():
+            if meta.get(key) != value:
+                raise VecFileError(f"{path}: {key} is {meta.get(key)!r}, expected {value!r}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return VecFile(path, fd, dim, token, writable)
+
+
+def append(
+    db: sqlite3.Connection,
+    vf: VecFile,
+    rowids: NDArray[np.int64],
+    vectors: NDArray[np.float32],
+    where: object,
+) -> None:
+    """Write ``vectors`` (of sorted ``rowids``) at the end of the valid rows and record
+    them in SQLite (inside the write transaction that stores the records)."""
+    current = state(db)
+    if current is None or current.token != vf.token:
+        raise VecFileError("the vector file changed")
+    vf.write(current.rows, vectors, where)
+    ensure_table(db)
+    db.executemany(
+        "INSERT INTO vecsegs(pos, row, n) VALUES (?, ?, ?)",
+        [(current.rows + i, row, n) for i, row, n in runs(rowids)],
+    )
+    _set_state(db, vf.token, current.rows + len(rowids))
+
+
+def start(db: sqlite3.Connection, vf: VecFile) -> None:
+    """Record a new, empty vector file in SQLite (inside a write transaction)."""
+    drop_state(db)
+    ensure_table(db)
+    _set_state(db, vf.token, 0)
