@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from ._ivf import AnnFileError, IvfIndex, ann_available, choose_nlist
 from ._mirror import Mirror
 
-__all__ = ["Snapshot", "build", "load", "save", "stale", "wants_ann"]
+__all__ = ["Snapshot", "build", "load", "remove_stale_temporaries", "save", "stale", "wants_ann"]
 
 _STALE_MIN = 2_000  # rows outside the index before a rebuild is worth it
 
@@ -43,7 +43,7 @@ def stale(mirror: Mirror) -> bool:
 
 def save(ann_path: Path, store_uuid: str, ann: IvfIndex, dim: int) -> bool:
     """Write ``ann`` to ``ann_path``; False when it cannot (read-only folder, full disk)."""
-    _remove_stale_temporaries(ann_path)
+    remove_stale_temporaries(ann_path)
     try:
         ann.save(ann_path, {"store": store_uuid, "dim": dim})
     except OSError:
@@ -51,8 +51,8 @@ def save(ann_path: Path, store_uuid: str, ann: IvfIndex, dim: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(ann_path: Path) -> None:
-    """Delete ``<path>.ann.<pid>.tmp`` files left by processes killed while saving."""
+def remove_stale_temporaries(ann_path: Path) -> None:
+    """Delete ``<path>.<pid>.tmp`` files left by processes killed while saving."""
     for tmp in ann_path.parent.glob(ann_path.name + ".*.tmp"):
         pid = tmp.name[len(ann_path.name) + 1 : -len(".tmp")]
         if not pid.isdigit() or int(pid) == os.getpid():

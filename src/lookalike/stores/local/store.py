@@ -110,6 +110,8 @@ class LocalStore:
         self._built: IvfIndex | None = None  # handed over by the builder thread
         self._ann_seen: tuple[int, int] | None = None  # (inode, mtime) of the .ann last tried
         self._wrote = False
+        self._build_failed = False
+        self._vec_damaged = False
         self._timeout = timeout
         self._lock = threading.RLock()
         self._schema: Schema | None = None
@@ -168,7 +170,7 @@ class LocalStore:
     @contextlib.contextmanager
     def _current(self, action: str, schema: Schema) -> Iterator[tuple[sqlite3.Connection, Mirror]]:
         """A read snapshot and the mirror brought up to it."""
-        if self._mirror is None and not self.read_only:
+        if (self._mirror is None or self._vec_damaged) and not self.read_only:
             self._prepare_vecfile(schema)
         with self._translate(action):
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -401,6 +403,7 @@ class LocalStore:
                 load_mapped(db, mirror, self._open_vecfile(state, schema.dim), state, self.path)
             except _vecfile.VecFileError:
                 mirror = Mirror(schema.dim)  # read the vectors from SQLite instead
+                self._vec_damaged = True  # and rebuild the file before the next search
         mirror.last_tomb = _tombstones.max_tomb(db)
         extra = int(
             db.execute("SELECT count(*) FROM records WHERE rowid > ?", (mirror.last_rowid,)).fetchone()[0]
@@ -440,12 +443,14 @@ class LocalStore:
             state = _vecfile.VecState(vf.token, 0)
         try:
             vf = self._open_vecfile(state, schema.dim)
-            if not vf.writable or last != before + n:
-                raise _vecfile.VecFileError("cannot append")
+        except _vecfile.VecFileError:
+            _vecfile.drop_state(db)  # the file is gone or not ours: rebuilt by the next load
+            return
+        if vf.writable and last == before + n:
             self._append_missing(db, vf, before, schema.dim)
             _vecfile.append(db, vf, np.arange(before + 1, last + 1, dtype=np.int64), matrix, self.path)
-        except _vecfile.VecFileError:
-            _vecfile.drop_state(db)  # rebuilt from SQLite by the next load
+        # else the rows stay out of the file: readers take them from SQLite, and the next
+        # writer that can append adds them first (_append_missing)
 
     def _append_missing(self, db: sqlite3.Connection, vf: _vecfile.VecFile, before: int, dim: int) -> None:
         """Append rows an older lookalike stored without writing them to the file."""
@@ -466,9 +471,12 @@ class LocalStore:
     def _prepare_vecfile(self, schema: Schema) -> None:
         """Build the vector file from SQLite when it is missing or not the one SQLite
         describes (an older store, a deleted or damaged file). Needs write access."""
+        damaged, self._vec_damaged = self._vec_damaged, False
+        if damaged:
+            self._mirror = None  # loaded again, from the rebuilt file
         with self._translate("open"):
             state = _vecfile.state(self._db)
-            if state is not None:
+            if state is not None and not damaged:
                 try:
                     self._open_vecfile(state, schema.dim)
                     return
@@ -476,8 +484,14 @@ class LocalStore:
                     pass
             elif self._db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None:
                 return  # an empty store starts its file with its first upsert
+        _annfile.remove_stale_temporaries(self.vec_path)
         try:
             with self._transaction("build the vector file") as db:
+                state = _vecfile.state(db)
+                if state is not None and not damaged:  # built meanwhile by another process?
+                    with contextlib.suppress(_vecfile.VecFileError):
+                        self._open_vecfile(state, schema.dim)
+                        return
                 vf = _vecfile.create(self.vec_path, self._uuid, schema.dim)
                 _vecfile.start(db, vf)
                 self._vec = vf
@@ -504,7 +518,7 @@ class LocalStore:
                 mirror.ann = ann
                 if not _annfile.stale(mirror):
                     return
-        if self._builder is not None and self._builder.is_alive():
+        if self._builder is not None and (self._builder.is_alive() or self._build_failed):
             return
         snap = _annfile.Snapshot(mirror)
         if mirror.live * mirror.dim <= _SYNC_BUILD_FLOATS:
@@ -525,7 +539,8 @@ class LocalStore:
     def _build_in_background(self, snap: _annfile.Snapshot) -> None:
         try:
             self._built = self._build_ann(snap)
-        except Exception:  # noqa: BLE001 - searches stay exact; the next refresh retries
+        except Exception:  # noqa: BLE001 - searches stay exact (say, out of memory)
+            self._build_failed = True
             return
         self._dirty = True
 
