@@ -165,7 +165,12 @@ def phase_cold(args: argparse.Namespace) -> dict[str, Any]:
     cold = time.perf_counter() - t
     mode = store.search_mode
     store.close()
-    return {"import_s": imported, "open_and_first_query_s": cold, "mode": mode, "hits": len(hits[0])}
+    return {
+        "import_s": imported,
+        "open_and_first_query_s": cold,
+        "mode": mode,
+        "hits": len(hits[0]),
+    }
 
 
 def _latency(fn: Any, queries: np.ndarray, single: int) -> dict[str, float]:
@@ -295,7 +300,9 @@ PHASES = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--clusters", type=int, default=1000)

@@ -18,7 +18,7 @@ import pytest
 from lookalike.stores import InMemoryStore, LocalStore
 from lookalike.stores.local import _annfile, _vecfile
 from lookalike.stores.local import store as store_module
-from lookalike.types import Record, Schema
+from lookalike.types import Hit, Record, Schema
 
 from .test_local_durability import child
 
@@ -47,8 +47,8 @@ def filled(path: Path, n: int, **options: object) -> list[Record]:
     return recs
 
 
-def ids(hits: list[list[object]]) -> list[list[str]]:
-    return [[h.id for h in hs] for hs in hits]  # type: ignore[attr-defined]
+def ids(hits: list[list[Hit]]) -> list[list[str]]:
+    return [[h.id for h in hs] for hs in hits]
 
 
 def test_open_maps_the_vectors_instead_of_reading_them(
@@ -62,7 +62,9 @@ def test_open_maps_the_vectors_instead_of_reading_them(
     decoded: list[int] = []
     real_decode = _mirror.decode_block
     monkeypatch.setattr(
-        _mirror, "decode_block", lambda rows, dim: decoded.append(len(rows)) or real_decode(rows, dim)
+        _mirror,
+        "decode_block",
+        lambda rows, dim: decoded.append(len(rows)) or real_decode(rows, dim),
     )
     statements: list[str] = []
     with LocalStore(path) as store:
@@ -167,7 +169,8 @@ def test_rows_an_older_writer_left_out_of_the_file_are_appended_by_the_next(
     extra = records(5, seed=4, start=900)
     for r in extra:
         conn.execute(
-            "INSERT INTO records(id, metadata, vector) VALUES (?, '{}', ?)", (r.id, r.vector.tobytes())
+            "INSERT INTO records(id, metadata, vector) VALUES (?, '{}', ?)",
+            (r.id, r.vector.tobytes()),
         )
     conn.close()
     with LocalStore(path) as store:
@@ -265,7 +268,7 @@ WRITER = """
 import sys
 import numpy as np
 from lookalike.stores import LocalStore
-from lookalike.types import Record, Schema
+from lookalike.types import Hit, Record, Schema
 store = LocalStore(sys.argv[1], ann_threshold=300)
 store.create_schema(Schema(dim=16, identity="test:vec", fields=("label",)))
 print("ready", flush=True)
@@ -300,7 +303,8 @@ def test_sigkill_with_the_vector_and_index_files_present(tmp_path: Path) -> None
             seen = len(stored)
             labels: dict[str, int] = {}
             for r in stored:
-                labels[r.metadata["label"]] = labels.get(r.metadata["label"], 0) + 1
+                name = str(r.metadata["label"])
+                labels[name] = labels.get(name, 0) + 1
             assert set(labels.values()) <= {40, 50}, "a batch was stored in part"
             for r in stored[:: max(1, len(stored) // 25)]:
                 assert store.search(r.vector, 1)[0][0].id == r.id

@@ -173,9 +173,12 @@ class VecFile:
         if rows == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         size = HEADER_BYTES + rows * self.row_bytes
-        if os.fstat(self.fd).st_size < size:
-            raise VecFileError(f"{self.path} is shorter than the {rows} rows SQLite records")
-        mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            if os.fstat(self.fd).st_size < size:
+                raise VecFileError(f"{self.path} is shorter than the {rows} rows SQLite records")
+            mm = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise VecFileError(f"cannot map {self.path}: {exc}") from exc
         with_advice = getattr(mm, "madvise", None)
         if with_advice is not None and hasattr(mmap, "MADV_RANDOM"):
             # searches touch a few rows each: no read-ahead of the rest
@@ -187,16 +190,10 @@ class VecFile:
             mm, dtype=np.float32, count=rows * self.dim, offset=HEADER_BYTES
         ).reshape(rows, self.dim)
 
-    def read(self, pos: int, rows: int) -> NDArray[np.float32]:
-        """Rows read with plain file I/O (a copy): for verifying and rebuilding."""
-        data = os.pread(self.fd, rows * self.row_bytes, HEADER_BYTES + pos * self.row_bytes)
-        if len(data) != rows * self.row_bytes:
-            raise VecFileError(f"{self.path} is shorter than expected")
-        return np.frombuffer(data, dtype=np.float32).reshape(rows, self.dim)
-
 
 def create(path: Path, store_uuid: str, dim: int) -> VecFile:
-    """A new empty vector file at ``path`` (replacing any file there), with a new token."""
+    """A new empty vector file at ``path`` (replacing any file there), with a new token;
+    OSError when it cannot be written."""
     token = uuid.uuid4().hex
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -219,7 +216,10 @@ def open_file(path: Path, store_uuid: str, dim: int, token: str, writable: bool)
             return open_file(path, store_uuid, dim, token, writable=False)
         raise VecFileError(f"cannot open {path}: {exc.strerror or exc}") from exc
     try:
-        head = os.pread(fd, HEADER_BYTES, 0)
+        try:
+            head = os.pread(fd, HEADER_BYTES, 0)
+        except OSError as exc:
+            raise VecFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
         if len(head) < HEADER_BYTES or not head.startswith(_MAGIC):
             raise VecFileError(f"{path} is not a lookalike vector file")
         try:

@@ -438,7 +438,10 @@ class LocalStore:
         if state is None:
             if db.execute("SELECT 1 FROM records WHERE rowid <= ? LIMIT 1", (before,)).fetchone():
                 return  # an older store: its file is built by the next load
-            vf = self._vec = _vecfile.create(self.vec_path, self._uuid, schema.dim)
+            try:
+                vf = self._vec = _vecfile.create(self.vec_path, self._uuid, schema.dim)
+            except OSError:
+                return  # no file beside the store (say, a folder there): SQLite alone
             _vecfile.start(db, vf)
             state = _vecfile.VecState(vf.token, 0)
         try:
