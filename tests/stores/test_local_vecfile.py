@@ -206,6 +206,50 @@ def test_a_failed_vector_write_rolls_the_upsert_back(
         assert store.count() == 55 and store.check() == []
 
 
+def test_compacting_tombstones_drops_the_deleted_rows_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lookalike.stores.local import _tombstones
+
+    monkeypatch.setattr(_tombstones, "_TOMB_COMPACT_MIN", 50)
+    path = tmp_path / "s.lookalike"
+    recs = filled(path, 100)
+    vec = tmp_path / "s.lookalike.vec"
+    with LocalStore(path) as store:
+        reader = LocalStore(path)
+        assert reader.search(recs[0].vector, 1)[0][0].id == "r0"
+        store.delete([f"r{i}" for i in range(45)])
+        assert _tombstones.tomb_floor(store._db) == 0
+        store.upsert([Record(r.id, r.vector, {"label": "again"}) for r in recs[45:65]])
+        assert _tombstones.tomb_floor(store._db) > 0  # 65 tombstones > 55 live: compacted
+        assert vec.stat().st_size == 4096 + 55 * DIM * 4  # only the live rows are left
+        hits = reader.search(recs[50].vector, 60)[0]  # the reader maps the new file
+        assert hits[0].id == "r50" and hits[0].metadata["label"] == "again"
+        assert {h.id for h in hits} == {f"r{i}" for i in range(45, 100)}
+        reader.close()
+    with LocalStore(path) as store:
+        assert store.search(recs[99].vector, 1)[0][0].id == "r99"
+        mirror = store._mirror
+        assert mirror is not None and mirror.base == mirror.size == mirror.live == 55
+        assert store.check() == []
+
+
+def test_tombstones_compacted_behind_the_files_back_are_read_from_the_rows(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.lookalike"
+    recs = filled(path, 100)
+    with LocalStore(path) as store:
+        store.delete(["r3", "r50"])
+    conn = sqlite3.connect(path, isolation_level=None)  # an older lookalike compacting
+    conn.execute("DELETE FROM tombstones")
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('tomb_floor', '2')")
+    conn.close()
+    with LocalStore(path) as store:
+        hits = store.search(recs[3].vector, 100)[0]
+        assert len(hits) == 98 and {"r3", "r50"}.isdisjoint(h.id for h in hits)
+
+
 # -- the index built in the background ----------------------------------------------------
 
 

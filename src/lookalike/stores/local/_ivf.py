@@ -65,8 +65,11 @@ def choose_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists probed per query: 1/40 of them, at least 16."""
-    return max(16, nlist // 40)
+    """Lists probed per query: 1/64 of them, at least 8; small indexes (under 512 lists,
+    cheap to scan) probe 1/8 of them, at least 16."""
+    if nlist < 512:
+        return min(nlist, max(16, nlist // 8))
+    return max(8, nlist // 64)
 
 
 class IvfIndex:

@@ -21,7 +21,7 @@ from ._columns import Column, Key, column_sql, keys
 from ._rows import damage, decode_block, warn_damaged
 from ._sqlite import FETCH_CHUNK
 
-__all__ = ["Mirror", "Reload", "catch_up", "load_mapped", "resync_deletions"]
+__all__ = ["Mirror", "Reload", "catch_up", "expand", "load_mapped", "resync_deletions"]
 
 _SPOT_CHECKS = 4  # rows compared with SQLite when a vector file is opened
 
@@ -73,12 +73,16 @@ class Mirror:
         return np.concatenate([self.mapped, self.tail[: self.size - self.base]])
 
     def rows(self, pos: NDArray[np.intp]) -> NDArray[np.float32]:
-        """The vectors at positions ``pos`` (a copy)."""
-        if self.size == self.base:
-            return self.mapped[pos]
+        """The vectors at positions ``pos`` (a copy). Rows of the vector file are read
+        with ``pread``, not through the map: touching scattered rows of a map would
+        bring whole page-cache folios into this process's RSS."""
+        pos = np.asarray(pos, dtype=np.intp)
+        if self.vec is not None and self.size == self.base:
+            return _vecfile.gather(self.vec, pos)
         out = np.empty((len(pos), self.dim), dtype=np.float32)
         low = pos < self.base
-        out[low] = self.mapped[pos[low]]
+        if self.vec is not None:
+            out[low] = _vecfile.gather(self.vec, pos[low])
         out[~low] = self.tail[pos[~low] - self.base]
         return out
 
@@ -174,7 +178,7 @@ class Mirror:
         self.dead = 0
 
 
-def _expand(segs: list[tuple[int, int, int]], start: int, stop: int) -> NDArray[np.int64]:
+def expand(segs: list[tuple[int, int, int]], start: int, stop: int) -> NDArray[np.int64]:
     """The rowids of positions ``start .. stop-1`` from segments that must tile them."""
     rowids = np.empty(stop - start, dtype=np.int64)
     at = start
@@ -201,11 +205,15 @@ def load_mapped(
     maps the file and compares a few rows with SQLite; VecFileError when it is not the
     file SQLite describes.
     """
-    rowids = _expand(_vecfile.segments(db, 0, st.rows), 0, st.rows)
+    rowids = expand(_vecfile.segments(db, 0, st.rows), 0, st.rows)
     last = int(rowids[-1]) if len(rowids) else 0
     dim = mirror.dim
-    good = _sound_rowids(db, dim, 0, last, where)
-    alive = np.isin(rowids, good, assume_unique=True)
+    if st.floor == _tombstones.tomb_floor(db):
+        # every deletion since the file was written is a tombstone: no table scan
+        gone = np.array([r for (r,) in db.execute("SELECT row FROM tombstones")], dtype=np.int64)
+        alive = ~np.isin(rowids, gone)
+    else:  # tombstones compacted by something else: read which rows are present
+        alive = np.isin(rowids, _sound_rowids(db, dim, 0, last, where), assume_unique=True)
     mapped = vf.map(st.rows)
     _spot_check(db, mapped, rowids, alive, dim)
     mirror.vec = vf
@@ -253,7 +261,7 @@ def catch_up(db: sqlite3.Connection, mirror: Mirror, where: object) -> None:
             if mirror.size != mirror.base:
                 raise Reload()
             try:
-                new = _expand(_vecfile.segments(db, mirror.base, st.rows), mirror.base, st.rows)
+                new = expand(_vecfile.segments(db, mirror.base, st.rows), mirror.base, st.rows)
                 mapped = mirror.vec.map(st.rows)
             except _vecfile.VecFileError as exc:
                 raise Reload() from exc

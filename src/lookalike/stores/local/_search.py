@@ -23,9 +23,11 @@ from ._sqlite import execute_in
 
 __all__ = ["search"]
 
-# Filtered searches with at most this many matches score them all exactly (recall 1.0);
-# above it the index is searched with the matches as an allow-list.
-_EXACT_FILTER_LIMIT = 20_000
+# On the ANN path, filtered searches with at most this many matches read and score them
+# all exactly; up to _ALL_LISTS_LIMIT matches the index visits every list but scores only
+# the matches; above it, it probes proportionally more lists than unfiltered searches.
+_EXACT_FILTER_LIMIT = 256
+_ALL_LISTS_LIMIT = 50_000
 
 _Found = list[tuple[NDArray[np.int64], NDArray[np.float32]]]  # (rowids, scores) per query
 
@@ -40,15 +42,17 @@ def search(
 ) -> list[list[Hit]]:
     """The ``k`` best hits per query among the records matching ``flt``, best first."""
     nq = queries.shape[0]
-    mask = filter_mask(db, mirror, flt) if flt else None
+    mask = filter_mask(db, mirror, flt, where) if flt else None
     candidates = mirror.live if mask is None else int(mask.sum())
     if candidates == 0:
         return [[] for _ in range(nq)]
-    if mirror.ann is None or (mask is not None and candidates <= _EXACT_FILTER_LIMIT):
+    if mirror.ann is None:
         found = _search_exact(mirror, queries, min(k, candidates), mask, candidates)
+    elif mask is not None and candidates <= _EXACT_FILTER_LIMIT:
+        found = _search_rows(mirror, queries, k, np.flatnonzero(mask))
     else:
         found = _search_ann(mirror, queries, k, mask, candidates)
-    return _hits(db, found, where)
+    return _hits(db, mirror, found, where)
 
 
 def _search_exact(
@@ -104,7 +108,10 @@ def _search_ann(
             allowed = _unfiltered_bitmap(mirror, split, inside)
         else:
             allowed = Bitmap(rowids[:split][valid[:split]])
-            nprobe = min(ann.nlist, math.ceil(nprobe * mirror.live / candidates))
+            if candidates <= _ALL_LISTS_LIMIT:
+                nprobe = ann.nlist
+            else:
+                nprobe = min(ann.nlist, math.ceil(nprobe * mirror.live / candidates))
         _, ids = ann.search(queries, min(pool, inside), nprobe, allowed)
         short = [j for j in range(nq) if int((ids[j] >= 0).sum()) < min(need, inside)]
         if short and nprobe < ann.nlist:  # never return fewer hits than there are matches
@@ -127,6 +134,18 @@ def _search_ann(
     return out
 
 
+def _search_rows(
+    mirror: Mirror, queries: NDArray[np.float32], k: int, positions: NDArray[np.intp]
+) -> _Found:
+    """Exact scores of the rows at ``positions`` (a few: read, not mapped)."""
+    scores = mirror.rows(positions) @ queries.T
+    out = []
+    for j in range(queries.shape[0]):
+        best = top_k(scores[:, j], min(k, len(positions)))
+        out.append((mirror.rowids[positions[best]], scores[best, j]))
+    return out
+
+
 def _unfiltered_bitmap(mirror: Mirror, split: int, inside: int) -> Bitmap | None:
     """The rows the index may return, when it holds rows that are gone (else None)."""
     if mirror.ann.ntotal == inside:
@@ -141,14 +160,17 @@ def _unfiltered_bitmap(mirror: Mirror, split: int, inside: int) -> Bitmap | None
     return bitmap
 
 
-def _hits(db: sqlite3.Connection, found: _Found, where: object) -> list[list[Hit]]:
+def _hits(db: sqlite3.Connection, mirror: Mirror, found: _Found, where: object) -> list[list[Hit]]:
+    """Read the hits' ids and metadata; rows found damaged (a vector of the wrong size
+    or metadata that is not a JSON object) are skipped with a warning and masked."""
     wanted = sorted({int(r) for rowids, _ in found for r in rowids})
-    info: dict[int, tuple[str, str]] = {}
-    sql = "SELECT rowid, id, metadata FROM records WHERE rowid IN ({marks})"
+    info: dict[int, tuple[str, str, int]] = {}
+    sql = "SELECT rowid, id, metadata, length(vector) FROM records WHERE rowid IN ({marks})"
     for cursor in execute_in(db, sql, wanted):
-        for row, rid, meta in cursor:
-            info[int(row)] = (rid, meta)
+        for row, rid, meta, size in cursor:
+            info[int(row)] = (rid, meta, size)
     results = []
+    damaged: set[int] = set()
     for rowids, scores in found:
         hits = []
         for r, s in zip(rowids.tolist(), scores.tolist()):
@@ -156,12 +178,21 @@ def _hits(db: sqlite3.Connection, found: _Found, where: object) -> list[list[Hit
             if got is None:
                 continue
             try:
-                parsed: Any = json.loads(got[1])
-                if not isinstance(parsed, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:  # damaged since this process loaded it
-                warn_damaged(where, got[0], f"unreadable metadata ({exc})")
+                if got[2] != mirror.dim * 4:
+                    raise ValueError(f"vector of {got[2]} bytes, expected {mirror.dim * 4}")
+                try:
+                    parsed: Any = json.loads(got[1])
+                    if not isinstance(parsed, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:  # damaged since this process loaded it
+                    raise ValueError(f"unreadable metadata ({exc})") from exc
+            except ValueError as exc:
+                if r not in damaged:
+                    warn_damaged(where, got[0], str(exc))
+                    damaged.add(r)
                 continue
             hits.append(Hit.from_metadata(got[0], float(np.clip(s, -1.0, 1.0)), parsed))
         results.append(hits)
+    if damaged:
+        mirror.remove(np.array(sorted(damaged), dtype=np.int64))
     return results

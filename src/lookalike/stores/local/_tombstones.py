@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["compact", "max_tomb", "maybe_compact", "tomb_floor"]
+__all__ = ["compact", "due", "max_tomb", "tomb_floor"]
 
 # Tombstones are compacted once there are this many, and more than live records: other
 # processes then resync their deletions from the rowids (see _mirror.resync_deletions).
@@ -23,22 +23,21 @@ def max_tomb(db: sqlite3.Connection) -> int:
     return max(top, tomb_floor(db))
 
 
-def maybe_compact(db: sqlite3.Connection) -> None:
-    """Compact the tombstones once they outnumber both the live records and a floor."""
+def due(db: sqlite3.Connection) -> bool:
+    """Whether the tombstones outnumber both the live records and a floor."""
     pending = max_tomb(db) - tomb_floor(db)
     if pending < _TOMB_COMPACT_MIN:
-        return
+        return False
     live = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
-    if pending > live:
-        compact(db)
+    return pending > live
 
 
 def compact(db: sqlite3.Connection) -> int:
     """Delete the tombstones; return how many.
 
     Inside a write transaction. Readers that had not seen them all resync their
-    deletions from the rowids (``meta.tomb_floor`` tells them). The derived files need
-    none: a process opening them masks the rows SQLite no longer holds.
+    deletions from the rowids (``meta.tomb_floor`` tells them). The store rewrites its
+    vector file without the deleted rows in the same transaction.
     """
     floor = tomb_floor(db)
     upto = max_tomb(db)

@@ -17,6 +17,7 @@ store's) is ignored and rebuilt from SQLite, which stays the source of truth.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -38,7 +39,9 @@ __all__ = [
     "create",
     "drop_state",
     "ensure_table",
+    "gather",
     "open_file",
+    "rewrite",
     "runs",
     "segments",
     "state",
@@ -57,10 +60,13 @@ class VecFileError(Exception):
 
 
 class VecState(NamedTuple):
-    """What SQLite says about the vector file: its token and its valid row count."""
+    """What SQLite says about the vector file: its token, its valid row count, and the
+    tombstone floor when it was written (deletions below it are not in the file; a
+    floor moved by anything else means deletions the file cannot know of)."""
 
     token: str
     rows: int
+    floor: int = 0
 
 
 def state(db: sqlite3.Connection) -> VecState | None:
@@ -70,15 +76,15 @@ def state(db: sqlite3.Connection) -> VecState | None:
         return None
     try:
         got = json.loads(row[0])
-        return VecState(str(got["token"]), int(got["rows"]))
+        return VecState(str(got["token"]), int(got["rows"]), int(got.get("floor", 0)))
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def _set_state(db: sqlite3.Connection, token: str, rows: int) -> None:
+def _set_state(db: sqlite3.Connection, token: str, rows: int, floor: int) -> None:
     db.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES ('vecfile', ?)",
-        (json.dumps({"token": token, "rows": rows}),),
+        (json.dumps({"token": token, "rows": rows, "floor": floor}),),
     )
 
 
@@ -191,6 +197,30 @@ class VecFile:
         ).reshape(rows, self.dim)
 
 
+def gather(vf: VecFile, pos: NDArray[np.intp]) -> NDArray[np.float32]:
+    """Rows at positions ``pos`` read with ``pread`` (one call per run of consecutive
+    positions) into RAM: the page cache serves them without mapping them into this
+    process, whose RSS stays that of the rows read."""
+    out = np.empty((len(pos), vf.dim), dtype=np.float32)
+    if not len(pos):
+        return out
+    order = np.argsort(pos, kind="stable")
+    ordered = np.asarray(pos)[order]
+    breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+    starts = np.concatenate([[0], breaks]).tolist()
+    ends = np.concatenate([breaks, [len(ordered)]]).tolist()
+    for s, e in zip(starts, ends):
+        want = (e - s) * vf.row_bytes
+        try:
+            data = os.pread(vf.fd, want, HEADER_BYTES + int(ordered[s]) * vf.row_bytes)
+        except OSError as exc:
+            raise VecFileError(f"cannot read {vf.path}: {exc.strerror or exc}") from exc
+        if len(data) != want:
+            raise VecFileError(f"{vf.path} is shorter than SQLite records")
+        out[order[s:e]] = np.frombuffer(data, dtype=np.float32).reshape(e - s, vf.dim)
+    return out
+
+
 def create(path: Path, store_uuid: str, dim: int) -> VecFile:
     """A new empty vector file at ``path`` (replacing any file there), with a new token;
     OSError when it cannot be written."""
@@ -256,11 +286,44 @@ def append(
         "INSERT INTO vecsegs(pos, row, n) VALUES (?, ?, ?)",
         [(current.rows + i, row, n) for i, row, n in runs(rowids)],
     )
-    _set_state(db, vf.token, current.rows + len(rowids))
+    _set_state(db, vf.token, current.rows + len(rowids), current.floor)
 
 
-def start(db: sqlite3.Connection, vf: VecFile) -> None:
+def rewrite(
+    db: sqlite3.Connection,
+    old: VecFile,
+    store_uuid: str,
+    positions: NDArray[np.intp],
+    rowids: NDArray[np.int64],
+    floor: int,
+    where: object,
+) -> VecFile:
+    """Replace the file by one holding only the rows at ``positions`` (of sorted
+    ``rowids``), recorded in SQLite with the tombstone ``floor`` (inside a write
+    transaction: if it rolls back, the token no longer matches and the file is rebuilt)."""
+    vf = create(old.path.with_name(f"{old.path.name}.{os.getpid()}.new"), store_uuid, old.dim)
+    try:
+        for start_at in range(0, len(positions), 4096):
+            vf.write(start_at, gather(old, positions[start_at : start_at + 4096]), where)
+        os.replace(vf.path, old.path)
+    except BaseException:
+        vf.close()
+        with contextlib.suppress(OSError):
+            vf.path.unlink()
+        raise
+    vf.path = old.path
+    drop_state(db)
+    ensure_table(db)
+    db.executemany(
+        "INSERT INTO vecsegs(pos, row, n) VALUES (?, ?, ?)",
+        runs(np.asarray(rowids, dtype=np.int64)),
+    )
+    _set_state(db, vf.token, len(positions), floor)
+    return vf
+
+
+def start(db: sqlite3.Connection, vf: VecFile, floor: int) -> None:
     """Record a new, empty vector file in SQLite (inside a write transaction)."""
     drop_state(db)
     ensure_table(db)
-    _set_state(db, vf.token, 0)
+    _set_state(db, vf.token, 0, floor)

@@ -29,7 +29,7 @@ from .._common import (
 )
 from . import _annfile, _check, _tombstones, _vecfile
 from ._ivf import AnnFileError, IvfIndex
-from ._mirror import Mirror, Reload, catch_up, load_mapped, resync_deletions
+from ._mirror import Mirror, Reload, catch_up, expand, load_mapped, resync_deletions
 from ._open import connect, open_file
 from ._rows import decode_block, delete_records, record, sound_vectors
 from ._search import search as search_mirror
@@ -74,7 +74,8 @@ class LocalStore:
             :class:`~lookalike.errors.StoreTimeoutError`.
         ann_threshold: record count from which search is approximate; ``None`` keeps
             search exact at any size.
-        ann_nprobe: inverted lists probed per query (default: 1/40 of them, at least 16);
+        ann_nprobe: inverted lists probed per query (default: 1/64 of them, at least 8;
+            1/8 of them, at least 16, for indexes of fewer than 512 lists);
             higher is slower and closer to exact.
         read_only: open without ever writing (``info``, ``search``, ``check``). A store
             whose file or folder cannot be written is opened read-only anyway; a write
@@ -220,7 +221,7 @@ class LocalStore:
                 delete_records(db, [r.id for r in records])  # replaced: deleted, inserted again
                 db.executemany("INSERT INTO records(id, metadata, vector) VALUES (?, ?, ?)", rows)
                 self._append_vectors(db, schema, before, matrix)
-                _tombstones.maybe_compact(db)
+                self._maybe_compact(db, schema.dim)
             self._dirty = self._wrote = True
 
     def search(
@@ -230,6 +231,14 @@ class LocalStore:
             schema = self._require_schema()
             queries = check_search_args(vectors, k, schema)
             flt = normalize_filter(filter, schema.fields)
+            try:
+                with self._current("search", schema) as (db, mirror):
+                    return search_mirror(db, mirror, queries, int(k), flt, self.path)
+            except _vecfile.VecFileError:  # the file was cut short under this process
+                self._vec_damaged = True
+                self._mirror = None
+                if self.read_only:
+                    self._vec = None
             with self._current("search", schema) as (db, mirror):
                 return search_mirror(db, mirror, queries, int(k), flt, self.path)
 
@@ -249,11 +258,11 @@ class LocalStore:
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
-            self._require_schema()
+            schema = self._require_schema()
             ids = list(dict.fromkeys(ids))
             with self._transaction("delete") as db:
                 removed = delete_records(db, ids)
-                _tombstones.maybe_compact(db)
+                self._maybe_compact(db, schema.dim)
             self._dirty = self._wrote = True
             return removed
 
@@ -415,6 +424,35 @@ class LocalStore:
         return mirror
 
     # -- the vector file ---------------------------------------------------------------
+    def _maybe_compact(self, db: sqlite3.Connection, dim: int) -> None:
+        if _tombstones.due(db):
+            self._compact(db, dim)
+
+    def _compact(self, db: sqlite3.Connection, dim: int) -> None:
+        """Compact the tombstones and, with them, drop the deleted rows from the vector
+        file (inside a write transaction): the file then knows of every deletion."""
+        _tombstones.compact(db)
+        state = _vecfile.state(db)
+        if state is None:
+            return
+        try:
+            old = self._open_vecfile(state, dim)
+            if not old.writable:
+                raise _vecfile.VecFileError("read-only")
+            rowids = _expand_all(db, state)
+        except _vecfile.VecFileError:
+            _vecfile.drop_state(db)  # rebuilt from SQLite by the next load
+            return
+        present = np.fromiter((r for (r,) in db.execute("SELECT rowid FROM records")), dtype=np.int64)
+        keep = np.flatnonzero(np.isin(rowids, present))
+        try:
+            self._vec = _vecfile.rewrite(
+                db, old, self._uuid, keep, rowids[keep], _tombstones.tomb_floor(db), self.path
+            )
+        except (OSError, _vecfile.VecFileError):
+            _vecfile.drop_state(db)
+        old.close()
+
     def _open_vecfile(self, state: _vecfile.VecState, dim: int) -> _vecfile.VecFile:
         """This handle's open vector file, if it is the one SQLite describes."""
         vf = self._vec
@@ -442,7 +480,7 @@ class LocalStore:
                 vf = self._vec = _vecfile.create(self.vec_path, self._uuid, schema.dim)
             except OSError:
                 return  # no file beside the store (say, a folder there): SQLite alone
-            _vecfile.start(db, vf)
+            _vecfile.start(db, vf, _tombstones.tomb_floor(db))
             state = _vecfile.VecState(vf.token, 0)
         try:
             vf = self._open_vecfile(state, schema.dim)
@@ -496,7 +534,7 @@ class LocalStore:
                         self._open_vecfile(state, schema.dim)
                         return
                 vf = _vecfile.create(self.vec_path, self._uuid, schema.dim)
-                _vecfile.start(db, vf)
+                _vecfile.start(db, vf, _tombstones.tomb_floor(db))
                 self._vec = vf
                 self._append_missing(db, vf, _last_rowid(db), schema.dim)
         except (StoreError, OSError):
@@ -604,7 +642,7 @@ class LocalStore:
             if fix:
                 with self._transaction("check --fix") as db:
                     delete_records(db, [rid for rid, _ in damaged])
-                    _tombstones.compact(db)
+                    self._compact(db, schema.dim)
                 self._dirty = True
             if [p for p in problems if not p.endswith("; dropped")]:
                 return problems
@@ -651,6 +689,10 @@ def _last_rowid(db: sqlite3.Connection) -> int:
     """The highest rowid ever given (AUTOINCREMENT: rowids never go back)."""
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
     return int(row[0]) if row else 0
+
+
+def _expand_all(db: sqlite3.Connection, state: _vecfile.VecState) -> NDArray[np.int64]:
+    return expand(_vecfile.segments(db, 0, state.rows), 0, state.rows)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
