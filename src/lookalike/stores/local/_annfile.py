@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _vecfile
 from ._ivf import AnnFileError, IvfIndex, ann_available, choose_nlist
 from ._mirror import Mirror
 
@@ -91,7 +92,12 @@ class Snapshot:
         live = np.flatnonzero(mirror.alive[: mirror.size])
         self.positions = live
         self.rowids = mirror.rowids[live].copy()
-        self.mapped = mirror.mapped
+        vf = mirror.vec  # a descriptor of its own: the store may close its own meanwhile
+        self.vec = (
+            None
+            if vf is None
+            else _vecfile.VecFile(vf.path, os.dup(vf.fd), vf.dim, vf.token, False)
+        )
         self.tail = mirror.tail
         self.base = mirror.base
         self.dim = mirror.dim
@@ -100,7 +106,8 @@ class Snapshot:
     def rows(self, pos: NDArray[np.intp]) -> NDArray[np.float32]:
         out = np.empty((len(pos), self.dim), dtype=np.float32)
         low = pos < self.base
-        out[low] = self.mapped[pos[low]]
+        if self.vec is not None:  # read, not mapped: the build's RSS stays its own
+            out[low] = _vecfile.gather(self.vec, pos[low])
         out[~low] = self.tail[pos[~low] - self.base]
         return out
 

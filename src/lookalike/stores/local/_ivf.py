@@ -85,6 +85,7 @@ class IvfIndex:
         self.nlist = int(index.nlist)
         self.nprobe = nprobe or default_nprobe(self.nlist)
         self.last_rowid = last_rowid
+        self._ntotal: int | None = None
 
     @classmethod
     def train(
@@ -115,7 +116,9 @@ class IvfIndex:
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        if self._ntotal is None:  # asked on every search: read once through SWIG
+            self._ntotal = int(self.index.ntotal)
+        return self._ntotal
 
     def list_sizes(self) -> NDArray[np.int64]:
         """How many vectors each inverted list holds."""
@@ -135,6 +138,7 @@ class IvfIndex:
         return scanned
 
     def add(self, rowids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        self._ntotal = None
         if len(rowids):
             self.index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32),
@@ -145,6 +149,7 @@ class IvfIndex:
         ids = np.fromiter(rowids, dtype=np.int64)
         if not len(ids):
             return 0
+        self._ntotal = None
         return int(self.index.remove_ids(self._faiss.IDSelectorBatch(ids)))
 
     def search(

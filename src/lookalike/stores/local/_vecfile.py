@@ -209,10 +209,21 @@ def gather(vf: VecFile, pos: NDArray[np.intp]) -> NDArray[np.float32]:
     breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
     starts = np.concatenate([[0], breaks]).tolist()
     ends = np.concatenate([breaks, [len(ordered)]]).tolist()
+    rows = memoryview(out.reshape(-1)).cast("B")  # type: ignore[arg-type]
     for s, e in zip(starts, ends):
         want = (e - s) * vf.row_bytes
+        offset = HEADER_BYTES + int(ordered[s]) * vf.row_bytes
+        if e - s == 1:  # straight into its row of ``out``
+            at = int(order[s]) * vf.row_bytes
+            try:
+                got = os.preadv(vf.fd, [rows[at : at + want]], offset)
+            except OSError as exc:
+                raise VecFileError(f"cannot read {vf.path}: {exc.strerror or exc}") from exc
+            if got != want:
+                raise VecFileError(f"{vf.path} is shorter than SQLite records")
+            continue
         try:
-            data = os.pread(vf.fd, want, HEADER_BYTES + int(ordered[s]) * vf.row_bytes)
+            data = os.pread(vf.fd, want, offset)
         except OSError as exc:
             raise VecFileError(f"cannot read {vf.path}: {exc.strerror or exc}") from exc
         if len(data) != want:

@@ -421,6 +421,7 @@ class LocalStore:
         mirror._reserve_tail(extra)
         catch_up(db, mirror, self.path)
         self._ann_seen = None
+        self._build_failed = False  # a build that failed on the previous mirror may retry
         return mirror
 
     # -- the vector file ---------------------------------------------------------------
