@@ -109,6 +109,7 @@ class LocalStore:
         self._vec: _vecfile.VecFile | None = None  # this handle's vector file, for writes
         self._builder: threading.Thread | None = None
         self._built: IvfIndex | None = None  # handed over by the builder thread
+        self._built_lock = threading.Lock()
         self._ann_seen: tuple[int, int] | None = None  # (inode, mtime) of the .ann last tried
         self._wrote = False
         self._build_failed = False
@@ -334,8 +335,9 @@ class LocalStore:
         with self._lock:
             if self._conn is not None:
                 if save and self._wrote and not self.read_only:
-                    # a writer leaves the index ready for the processes that come next
-                    with contextlib.suppress(StoreError):
+                    # a writer leaves the index ready for the processes that come next;
+                    # the index is derived: failing to build it never fails close()
+                    with contextlib.suppress(Exception):
                         self._finish_ann()
                 self._conn.close()
                 self._conn = None
@@ -547,7 +549,8 @@ class LocalStore:
         if not _annfile.wants_ann(self.ann_threshold, mirror.live):
             mirror.ann = None
             return
-        built, self._built = self._built, None
+        with self._built_lock:
+            built, self._built = self._built, None
         if built is not None:
             mirror.ann = self._mapped_or(built)
         if not _annfile.stale(mirror):
@@ -580,10 +583,12 @@ class LocalStore:
 
     def _build_in_background(self, snap: _annfile.Snapshot) -> None:
         try:
-            self._built = self._build_ann(snap)
+            built = self._build_ann(snap)
         except Exception:  # noqa: BLE001 - searches stay exact (say, out of memory)
             self._build_failed = True
             return
+        with self._built_lock:
+            self._built = built
         self._dirty = True
 
     def _mapped_or(self, ann: IvfIndex) -> IvfIndex:
