@@ -377,3 +377,31 @@ def test_a_failing_build_never_fails_a_search_or_close(
         assert store.search(recs[6].vector, 1)[0][0].id == "r6"
     with LocalStore(path, ann_threshold=None) as store:
         assert store.wait_for_index() is False  # below (no) threshold: nothing to wait for
+
+
+def test_without_positional_file_io_the_vectors_come_from_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_vecfile, "SUPPORTED", False)  # a platform without pread/pwrite
+    path = tmp_path / "s.lookalike"
+    recs = filled(path, 120)
+    assert not (tmp_path / "s.lookalike.vec").exists()
+    with LocalStore(path) as store:
+        assert store.search(recs[33].vector, 1)[0][0].id == "r33"
+        mirror = store._mirror
+        assert mirror is not None and mirror.vec is None and mirror.size == 120
+
+
+def test_rows_are_read_in_order_without_preadv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vf = _vecfile.create(tmp_path / "g.vec", "u", 4)
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    vf.write(0, rows, "g")
+    pos = np.array([7, 2, 3, 4, 9, 0, 0])
+    assert np.array_equal(_vecfile.gather(vf, pos), rows[pos])
+    monkeypatch.setattr(_vecfile, "_PREADV", None)
+    assert np.array_equal(_vecfile.gather(vf, pos), rows[pos])
+    with pytest.raises(_vecfile.VecFileError, match="shorter"):
+        _vecfile.gather(vf, np.array([3, 12]))
+    vf.close()

@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 _MAGIC = b"LOOKALIKE-VEC 1\n"
+_PREADV = getattr(os, "preadv", None)
+# Positional reads and writes (POSIX): without them, no vector file (vectors from SQLite).
+SUPPORTED = hasattr(os, "pread") and hasattr(os, "pwrite")
 HEADER_BYTES = 4096
 _SEGS_SQL = (
     "CREATE TABLE IF NOT EXISTS vecsegs "
@@ -213,10 +216,10 @@ def gather(vf: VecFile, pos: NDArray[np.intp]) -> NDArray[np.float32]:
     for s, e in zip(starts, ends):
         want = (e - s) * vf.row_bytes
         offset = HEADER_BYTES + int(ordered[s]) * vf.row_bytes
-        if e - s == 1:  # straight into its row of ``out``
+        if e - s == 1 and _PREADV is not None:  # straight into its row of ``out``
             at = int(order[s]) * vf.row_bytes
             try:
-                got = os.preadv(vf.fd, [rows[at : at + want]], offset)
+                got = _PREADV(vf.fd, [rows[at : at + want]], offset)
             except OSError as exc:
                 raise VecFileError(f"cannot read {vf.path}: {exc.strerror or exc}") from exc
             if got != want:
@@ -235,6 +238,8 @@ def gather(vf: VecFile, pos: NDArray[np.intp]) -> NDArray[np.float32]:
 def create(path: Path, store_uuid: str, dim: int) -> VecFile:
     """A new empty vector file at ``path`` (replacing any file there), with a new token;
     OSError when it cannot be written."""
+    if not SUPPORTED:
+        raise OSError("positional file I/O is not available on this platform")
     token = uuid.uuid4().hex
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -250,6 +255,8 @@ def create(path: Path, store_uuid: str, dim: int) -> VecFile:
 
 def open_file(path: Path, store_uuid: str, dim: int, token: str, writable: bool) -> VecFile:
     """Open the vector file SQLite describes; VecFileError if it is not that file."""
+    if not SUPPORTED:
+        raise VecFileError("positional file I/O is not available on this platform")
     try:
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
     except OSError as exc:
