@@ -304,6 +304,10 @@ def test_a_writer_leaves_the_index_ready_when_it_closes(
     with LocalStore(path, ann_threshold=500) as store:
         assert store.search_mode == "ann"
         assert store._builder is None  # mapped from the file, nothing to build
+    Path(str(path) + ".ann").unlink()
+    with LocalStore(path, ann_threshold=500) as store:
+        assert store.wait_for_index(30)  # starts the build in the background, waits
+        assert store._builder is not None and store.search_mode == "ann"
 
 
 # -- SIGKILL with both derived files present ----------------------------------------------

@@ -367,8 +367,11 @@ class LocalStore:
                 return "exact" if mirror.ann is None else "ann"
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
-        """Wait until a background build of the approximate index has finished; return
-        whether searches now use it (False for stores below ``ann_threshold``)."""
+        """Start the approximate index's build if it is due, wait until it has finished
+        (at most ``timeout`` seconds); return whether searches now use it (False for
+        stores below ``ann_threshold``, or without faiss)."""
+        if self.search_mode == "ann":  # loads it, or starts its build
+            return True
         builder = self._builder
         if builder is not None:
             builder.join(timeout)
