@@ -136,17 +136,49 @@ def test_writes_reach_ann_incrementally_and_survive_reopen(tmp_path: Path) -> No
     assert {h.id for h in top} == {"r5", "r6"} and all(h.score > 0.999 for h in top)
     assert all(h.id != "r7" for h in store.search(vecs[7], 5)[0])
     assert store.search(vecs[6], 5, filter={"label": "moved"})[0][0].id == "r5"
-    store.close()  # saves the index it caught up
-    assert store.ann_path.stat().st_mtime_ns != built
-    saved = store.ann_path.stat().st_mtime_ns
+    store.close()  # 12 changes: the index file is kept, they are searched exactly
+    assert store.ann_path.stat().st_mtime_ns == built
     again = LocalStore(path, ann_threshold=2000)
     assert again.search_mode == "ann"
-    assert again._mirror is not None and again._mirror.unsaved == 0  # loaded, not rebuilt
+    mirror = again._mirror
+    assert mirror is not None and mirror.ann.last_rowid < mirror.last_rowid  # loaded, not rebuilt
     assert again.search(extra[3], 1)[0][0].id == "r3003"
     assert all(h.id != "r7" for h in again.search(vecs[7], 5)[0])
     assert again.count() == 3009
     again.close()
-    assert store.ann_path.stat().st_mtime_ns == saved  # nothing to save: it was loaded as is
+    assert store.ann_path.stat().st_mtime_ns == built
+
+
+def test_index_is_rebuilt_once_a_tenth_of_the_rows_are_outside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lookalike.stores.local import _annfile
+
+    monkeypatch.setattr(_annfile, "_STALE_MIN", 50)
+    path = tmp_path / "s.lookalike"
+    store = LocalStore(path, ann_threshold=1000)
+    vecs = fill(store, 2000)
+    assert store.search_mode == "ann"
+    first = store._mirror.ann.last_rowid
+    store.upsert(records(clustered(150, seed=8), 2000))  # under a tenth: searched exactly
+    assert store.search(clustered(150, seed=8)[4], 1)[0][0].id == "r2004"
+    assert store._mirror.ann.last_rowid == first
+    store.delete([f"r{i}" for i in range(100)])  # 250 rows outside or dead: rebuilt
+    assert store.search(vecs[150], 1)[0][0].id == "r150"
+    assert store._mirror.ann.last_rowid > first and store._mirror.ann.ntotal == 2050
+    store.close()
+    header = json.loads(store.ann_path.read_bytes()[-4096:][16:].decode().strip())
+    assert header["ntotal"] == 2050 and header["last_rowid"] == store_count_last(path)
+
+
+def store_count_last(path: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT max(rowid) FROM records").fetchone()[0])
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "other-store", "stale"])
@@ -184,8 +216,9 @@ def test_derived_index_is_rebuilt_when_unusable(tmp_path: Path, damage: str) -> 
         assert all(h.id != "r1" for h in store.search(vecs[1], 5)[0])
     assert store.check() == []
     store.close()
-    header = json.loads(ann.read_bytes()[16:4096].decode().strip())
-    assert header["ntotal"] == store_count(path)
+    header = json.loads(ann.read_bytes()[-4096:][16:].decode().strip())
+    # a stale index is kept: the 6 changes made behind its back are searched exactly
+    assert header["ntotal"] == (2000 if damage == "stale" else store_count(path))
 
 
 def store_count(path: Path) -> int:

@@ -1,4 +1,5 @@
-"""LocalStore, the embedded default store: one SQLite file plus an in-memory search index.
+"""LocalStore, the embedded default store: one SQLite file plus derived, memory-mapped
+search files beside it (``<store>.vec``, ``<store>.ann``).
 
 The package is split by concern; :mod:`.store` holds the :class:`LocalStore` object and
 calls into the others:
@@ -7,7 +8,8 @@ calls into the others:
 - ``_format``: the file format, its recognition, creation and migration;
 - ``_sqlite``: SQLite error translation, write transactions, the chunked ``IN (...)`` helper;
 - ``_rows``: stored rows read back, damaged ones skipped with a warning;
-- ``_mirror``: the in-memory mirror and how it catches up with other writers;
+- ``_vecfile``: the derived vector file ``<store>.vec`` and the SQLite rows describing it;
+- ``_mirror``: the positions a process searches and how it catches up with other writers;
 - ``_tombstones``: the deletion log readers catch up from, and its compaction;
 - ``_columns``: filter fields, dictionary-encoded in memory;
 - ``_annfile`` and ``_ivf``: the derived ``<store>.ann`` file and the faiss index in it;

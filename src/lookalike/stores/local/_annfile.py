@@ -1,23 +1,27 @@
-"""The derived ANN file ``<store>.ann``: when a store wants one, loading and catching it
-up, (re)building it from a sample, saving it (atomically, by the writer of the moment)."""
+"""The derived ANN file ``<store>.ann``: when a store wants one, mapping it, building it
+from the vectors (in the background for large stores), saving it atomically.
+
+The index holds the live rows up to its ``last_rowid``; rows written after it are
+searched exactly, rows deleted since are masked out. It is rebuilt once the rows it
+lacks or holds dead are a tenth of the store (:func:`stale`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from . import _tombstones
+from . import _vecfile
 from ._ivf import AnnFileError, IvfIndex, ann_available, choose_nlist
-from ._mirror import Mirror, catch_up
-from ._rows import decode_block, sound_vectors
-from ._sqlite import execute_in
+from ._mirror import Mirror
 
-__all__ = ["build", "load", "save", "wants_ann"]
+__all__ = ["Snapshot", "build", "load", "remove_stale_temporaries", "save", "stale", "wants_ann"]
+
+_STALE_MIN = 2_000  # rows outside the index before a rebuild is worth it
 
 
 def wants_ann(threshold: int | None, n: int) -> bool:
@@ -27,27 +31,29 @@ def wants_ann(threshold: int | None, n: int) -> bool:
     return ann_available()
 
 
-def _header(store_uuid: str, mirror: Mirror) -> dict[str, Any]:
-    return {
-        "store": store_uuid,
-        "dim": mirror.dim,
-        "last_rowid": mirror.last_rowid,
-        "last_tomb": mirror.last_tomb,
-    }
+def stale(mirror: Mirror) -> bool:
+    """Whether the mirror's index misses (or holds dead) enough rows to be rebuilt."""
+    ann = mirror.ann
+    if ann is None:
+        return True
+    split = int(np.searchsorted(mirror.rowids[: mirror.size], ann.last_rowid, side="right"))
+    outside = int(mirror.alive[split : mirror.size].sum())
+    dead_inside = split - int(mirror.alive[:split].sum())
+    return outside + dead_inside > max(_STALE_MIN, mirror.live // 10)
 
 
-def save(ann_path: Path, store_uuid: str, mirror: Mirror) -> None:
-    """Write the mirror's index to ``ann_path``; a failure leaves it working from memory."""
-    _remove_stale_temporaries(ann_path)
+def save(ann_path: Path, store_uuid: str, ann: IvfIndex, dim: int) -> bool:
+    """Write ``ann`` to ``ann_path``; False when it cannot (read-only folder, full disk)."""
+    remove_stale_temporaries(ann_path)
     try:
-        mirror.ann.save(ann_path, dict(_header(store_uuid, mirror), ntotal=mirror.ann.ntotal))
-        mirror.unsaved = 0
+        ann.save(ann_path, {"store": store_uuid, "dim": dim})
     except OSError:
-        pass  # a read-only folder or a full disk: the index still works from memory
+        return False  # the index still works from memory
+    return True
 
 
-def _remove_stale_temporaries(ann_path: Path) -> None:
-    """Delete ``<path>.ann.<pid>.tmp`` files left by processes killed while saving."""
+def remove_stale_temporaries(ann_path: Path) -> None:
+    """Delete ``<path>.<pid>.tmp`` files left by processes killed while saving."""
     for tmp in ann_path.parent.glob(ann_path.name + ".*.tmp"):
         pid = tmp.name[len(ann_path.name) + 1 : -len(".tmp")]
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -61,75 +67,60 @@ def _remove_stale_temporaries(ann_path: Path) -> None:
             pass  # alive, owned by someone else
 
 
-def load(
-    db: sqlite3.Connection,
-    mirror: Mirror,
-    ann_path: Path,
-    store_uuid: str,
-    nprobe: int | None,
-    where: object,
-) -> bool:
-    """Load ``ann_path`` into ``mirror`` and catch it up; False when missing or unusable."""
+def load(mirror: Mirror, ann_path: Path, store_uuid: str, nprobe: int | None) -> IvfIndex | None:
+    """Map ``ann_path`` if it is an index of this store's state; None when unusable."""
     if not ann_path.exists():
-        return False
+        return None
     try:
-        ann, meta = IvfIndex.load(ann_path, {"store": store_uuid, "dim": mirror.dim})
+        ann, _ = IvfIndex.load(ann_path, {"store": store_uuid, "dim": mirror.dim})
     except (AnnFileError, OSError):
-        return False
-    last_rowid, last_tomb = int(meta.get("last_rowid", -1)), int(meta.get("last_tomb", -1))
-    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
-    max_tomb = _tombstones.max_tomb(db)
-    if (
-        last_rowid > (row[0] if row else 0)
-        or last_tomb > max_tomb
-        or last_tomb < _tombstones.tomb_floor(db)
-    ):
-        return False
-    gone = [
-        r
-        for (r,) in db.execute("SELECT row FROM tombstones WHERE seq > ?", (last_tomb,))
-        if r <= last_rowid
-    ]
-    ann.remove(gone)
-    rowids = np.array(
-        [
-            r
-            for (r,) in db.execute(
-                "SELECT rowid FROM records WHERE rowid <= ? AND length(vector) = ? ORDER BY rowid",
-                (last_rowid, mirror.dim * 4),
-            )
-        ],
-        dtype=np.int64,
-    )
-    if ann.ntotal != len(rowids):
-        return False
+        return None
+    rowids = mirror.rowids[: mirror.size]
+    split = int(np.searchsorted(rowids, ann.last_rowid, side="right"))
+    if ann.last_rowid > mirror.last_rowid or ann.ntotal < int(mirror.alive[:split].sum()):
+        return None  # from another state of the store (rows it must hold are missing)
     if nprobe:
         ann.nprobe = nprobe
-    mirror.ann = ann
-    mirror.append(rowids, None, {})
-    mirror.last_rowid = last_rowid
-    mirror.last_tomb = max_tomb
-    mirror.unsaved = len(gone)
-    catch_up(db, mirror, where)
-    return True
+    return ann
 
 
-def build(db: sqlite3.Connection, mirror: Mirror, nprobe: int | None, where: object) -> None:
-    """Train a new index on a sample of the stored vectors, then add them all."""
-    rowids = np.array(
-        [r for (r,) in db.execute("SELECT rowid FROM records ORDER BY rowid")], dtype=np.int64
-    )
+class Snapshot:
+    """The live rows of a mirror at one moment, readable from another thread: the mapped
+    file and RAM tail are only ever appended to, and the positions are copied."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        live = np.flatnonzero(mirror.alive[: mirror.size])
+        self.positions = live
+        self.rowids = mirror.rowids[live].copy()
+        vf = mirror.vec  # a descriptor of its own: the store may close its own meanwhile
+        self.vec = (
+            None
+            if vf is None
+            else _vecfile.VecFile(vf.path, os.dup(vf.fd), vf.dim, vf.token, False)
+        )
+        self.tail = mirror.tail
+        self.base = mirror.base
+        self.dim = mirror.dim
+        self.last_rowid = mirror.last_rowid
+
+    def rows(self, pos: NDArray[np.intp]) -> NDArray[np.float32]:
+        out = np.empty((len(pos), self.dim), dtype=np.float32)
+        low = pos < self.base
+        if self.vec is not None:  # read, not mapped: the build's RSS stays its own
+            out[low] = _vecfile.gather(self.vec, pos[low])
+        out[~low] = self.tail[pos[~low] - self.base]
+        return out
+
+
+def build(snap: Snapshot, nprobe: int | None, chunk: int = 20_000) -> IvfIndex:
+    """Train an index on a sample of the snapshot's rows, then add them all."""
+    n = len(snap.positions)
     rng = np.random.default_rng(0)
-    take = min(len(rowids), max(10_000, 40 * choose_nlist(len(rowids))))
-    picked = np.sort(rng.choice(rowids, size=take, replace=False))
-    sample = np.empty((take, mirror.dim), dtype=np.float32)
-    filled = 0
-    sql = "SELECT rowid, id, vector FROM records WHERE rowid IN ({marks}) ORDER BY rowid"
-    for cursor in execute_in(db, sql, picked.tolist()):
-        rows = sound_vectors(where, cursor.fetchall(), mirror.dim)
-        sample[filled : filled + len(rows)] = decode_block(rows, mirror.dim)
-        filled += len(rows)
-    mirror.ann = IvfIndex.train(mirror.dim, sample[:filled], len(rowids), nprobe)
-    del sample
-    mirror.last_tomb = _tombstones.max_tomb(db)
-    catch_up(db, mirror, where)
+    take = min(n, max(10_000, min(32 * choose_nlist(n), 50_000)))
+    picked = np.sort(rng.choice(n, size=take, replace=False))
+    ann = IvfIndex.train(snap.dim, snap.rows(snap.positions[picked]), n, nprobe)
+    for start in range(0, n, chunk):
+        pos = snap.positions[start : start + chunk]
+        ann.add(snap.rowids[start : start + chunk], snap.rows(pos))
+    ann.last_rowid = snap.last_rowid
+    return ann

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ...filters import NormalizedFilter
+from ._rows import damage, warn_damaged
 from ._sqlite import FETCH_CHUNK
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def keys(rows: Sequence[Sequence[Any]], names: Sequence[str], first: int) -> dic
     return out
 
 
-def _column(db: sqlite3.Connection, mirror: Mirror, name: str) -> Column:
+def _column(db: sqlite3.Connection, mirror: Mirror, name: str, where: object) -> Column:
     col = mirror.columns.get(name)
     if col is None:  # built on the first filter on this field, then kept in sync
         col = Column(len(mirror.rowids))
@@ -100,6 +101,7 @@ def _column(db: sqlite3.Connection, mirror: Mirror, name: str) -> Column:
             (mirror.last_rowid,),
         )
         while chunk := cursor.fetchmany(FETCH_CHUNK):
+            _warn_unreadable(db, chunk, where)
             rowids = np.array([r[0] for r in chunk], dtype=np.int64)
             pos = np.minimum(np.searchsorted(known, rowids), max(len(known) - 1, 0))
             present = known[pos] == rowids if len(known) else np.zeros(len(rowids), bool)
@@ -109,11 +111,21 @@ def _column(db: sqlite3.Connection, mirror: Mirror, name: str) -> Column:
     return col
 
 
-def filter_mask(db: sqlite3.Connection, mirror: Mirror, flt: NormalizedFilter) -> NDArray[np.bool_]:
+def _warn_unreadable(db: sqlite3.Connection, rows: Sequence[Sequence[Any]], where: object) -> None:
+    """Warn of the rows (laid out by :func:`column_sql` at 1) whose metadata is damaged."""
+    for row in rows:
+        if row[1] is not None and (problem := damage(0, row[1], 0)) is not None:
+            found = db.execute("SELECT id FROM records WHERE rowid = ?", (row[0],)).fetchone()
+            warn_damaged(where, found[0] if found else "?", problem)
+
+
+def filter_mask(
+    db: sqlite3.Connection, mirror: Mirror, flt: NormalizedFilter, where: object = None
+) -> NDArray[np.bool_]:
     """Which mirror positions are alive and match ``flt``."""
     mask = mirror.alive[: mirror.size].copy()
     for name, values in flt.items():
-        col = _column(db, mirror, name)
+        col = _column(db, mirror, name, where)
         wanted = [
             c
             for v in values

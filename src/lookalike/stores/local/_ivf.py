@@ -1,15 +1,19 @@
 """The approximate index behind a large :class:`~lookalike.stores.LocalStore`.
 
 An inverted-file index with 8-bit scalar quantisation (faiss ``IndexIVFScalarQuantizer``):
-``dim`` bytes per vector in memory instead of ``4 * dim``. It is a *derived* file next to
-the store (``<store>.ann``): SQLite stays the source of truth, and the file is rebuilt
-whenever it is missing, stale beyond repair or damaged. faiss is imported only here, and
-only when a store is big enough to need it (extra ``[ann]``).
+``dim`` bytes per vector instead of ``4 * dim``. Its lists come from plain (Euclidean,
+non-spherical) k-means on a sample, which keeps them balanced on data with many more
+clusters than lists (spherical k-means for inner product piles whole groups of clusters
+into a few huge lists). It is a *derived* file next to the store (``<store>.ann``):
+SQLite stays the source of truth, and the file is rebuilt whenever it is missing, stale
+beyond repair or damaged. faiss is imported only here, and only when a store is big
+enough to need it (extra ``[ann]``).
 
-File layout: a 4096-byte header (magic line, then JSON padded with spaces) followed by
-faiss's own serialisation. The header names the store (its uuid), the last rowid and
-tombstone the index reflects, and a CRC-32 of the payload, so a torn or foreign file is
-detected before faiss parses it.
+File layout: faiss's own serialisation, then a 4096-byte trailer (a magic line, then
+JSON padded with spaces) naming the store (its uuid), the last rowid the index holds,
+the payload size and CRC-32 checksums of the payload's head and of all of it. The file
+is memory-mapped (faiss ``IO_FLAG_MMAP``), so opening it reads only the trailer and the
+centroids, whatever its size; :meth:`IvfIndex.verify` reads it all.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from numpy.typing import NDArray
 from ..._checks import optional_import
 from ...errors import MissingDependencyError
 
-__all__ = ["AnnFileError", "IvfIndex", "ann_available"]
+__all__ = ["AnnFileError", "IvfIndex", "ann_available", "choose_nlist"]
 
-_MAGIC = b"LOOKALIKE-ANN 1\n"
-_HEADER_BYTES = 4096
+_MAGIC = b"LOOKALIKE-ANN 2\n"
+_TRAILER_BYTES = 4096
+_HEAD_BYTES = 1 << 22  # checksummed on every open: the centroids and the first lists
 _CHUNK = 1 << 22
 
 
@@ -55,42 +60,85 @@ def ann_available() -> bool:
 
 
 def choose_nlist(n: int) -> int:
-    """Inverted lists for ``n`` vectors: about ``sqrt(n)``, at least 16."""
-    return max(16, int(math.sqrt(max(n, 1))))
+    """Inverted lists for ``n`` vectors: about ``2 sqrt(n)`` (lists of ~``sqrt(n)/2``), at least 16."""
+    return max(16, int(2 * math.sqrt(max(n, 1))))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists probed per query: 1/64 of them, at least 8; small indexes (under 512 lists,
+    cheap to scan) probe 1/8 of them, at least 16."""
+    if nlist < 512:
+        return min(nlist, max(16, nlist // 8))
+    return max(8, nlist // 64)
 
 
 class IvfIndex:
-    """faiss IVF-SQ8 over inner product; ids are SQLite rowids. Not thread-safe."""
+    """faiss IVF-SQ8 over inner product; ids are SQLite rowids. Not thread-safe.
 
-    def __init__(self, index: Any, nprobe: int | None = None) -> None:
+    ``last_rowid``: the index holds every live row up to it (when it was built) and
+    none above; rows above it are searched exactly.
+    """
+
+    def __init__(self, index: Any, nprobe: int | None = None, last_rowid: int = 0) -> None:
         self._faiss = _faiss()
         self.index = index
         self.nlist = int(index.nlist)
-        self.nprobe = nprobe or max(8, self.nlist // 64)
+        self.nprobe = nprobe or default_nprobe(self.nlist)
+        self.last_rowid = last_rowid
+        self._ntotal: int | None = None
 
     @classmethod
     def train(
         cls, dim: int, sample: NDArray[np.float32], n_expected: int, nprobe: int | None = None
     ) -> IvfIndex:
         faiss = _faiss()
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
         nlist = min(choose_nlist(n_expected), max(1, sample.shape[0] // 8))
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFScalarQuantizer(
-            quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        kmeans = faiss.Kmeans(
+            dim,
+            nlist,
+            niter=10,
+            seed=1234,
+            spherical=False,
+            max_points_per_centroid=64,
+            min_points_per_centroid=4,
         )
-        index.cp.niter = 10
-        index.cp.max_points_per_centroid = 64
-        index.cp.min_points_per_centroid = 8
-        index.cp.seed = 1234
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        kmeans.train(sample)
+        quantizer = faiss.IndexFlatL2(dim)
+        quantizer.add(kmeans.centroids)
+        # Not by residual: the scanner would take the coarse L2 distance for an inner product.
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT, False
+        )
+        index.train(sample)  # the quantizer is trained already: this trains the 8-bit codec
         index.set_direct_map_type(faiss.DirectMap.NoMap)
         return cls(index, nprobe)
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        if self._ntotal is None:  # asked on every search: read once through SWIG
+            self._ntotal = int(self.index.ntotal)
+        return self._ntotal
+
+    def list_sizes(self) -> NDArray[np.int64]:
+        """How many vectors each inverted list holds."""
+        lists = self.index.invlists
+        return np.array([lists.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+
+    def codes_scanned(
+        self, queries: NDArray[np.float32], nprobe: int | None = None
+    ) -> NDArray[np.int64]:
+        """How many codes each query's probed lists hold."""
+        sizes = self.list_sizes()
+        _, lists = self.index.quantizer.search(
+            np.ascontiguousarray(queries, dtype=np.float32),
+            max(1, min(nprobe or self.nprobe, self.nlist)),
+        )
+        scanned: NDArray[np.int64] = sizes[lists].sum(axis=1)
+        return scanned
 
     def add(self, rowids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        self._ntotal = None
         if len(rowids):
             self.index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32),
@@ -101,6 +149,7 @@ class IvfIndex:
         ids = np.fromiter(rowids, dtype=np.int64)
         if not len(ids):
             return 0
+        self._ntotal = None
         return int(self.index.remove_ids(self._faiss.IDSelectorBatch(ids)))
 
     def search(
@@ -108,24 +157,20 @@ class IvfIndex:
         queries: NDArray[np.float32],
         k: int,
         nprobe: int,
-        allowed: NDArray[np.int64] | None = None,
+        allowed: Any = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Top ``k`` (quantised inner product) per query; ``-1`` ids pad short results."""
+        """Top ``k`` (quantised inner product) per query; ``-1`` ids pad short results.
+
+        ``allowed``: a :class:`Bitmap` of the rowids that may be returned.
+        """
         faiss = self._faiss
         params = faiss.SearchParametersIVF()
         params.nprobe = max(1, min(int(nprobe), self.nlist))
-        keep: list[Any] = []
         if allowed is not None:
-            bits = np.zeros(int(allowed.max()) + 1 if len(allowed) else 1, dtype=bool)
-            bits[allowed] = True
-            packed = np.packbits(bits, bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
-            params.sel = selector
-            keep += [packed, selector]  # both must outlive the search call
+            params.sel = allowed.selector
         scores, ids = self.index.search(
             np.ascontiguousarray(queries, dtype=np.float32), k, params=params
         )
-        del keep
         return scores, ids
 
     # -- the derived file ----------------------------------------------------------
@@ -133,26 +178,34 @@ class IvfIndex:
         """Write atomically (temporary file, fsync, rename)."""
         faiss = self._faiss
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        crc = 0
+        crc = head_crc = 0
         size = 0
         try:
             with open(tmp, "wb") as fh:
-                fh.write(b"\0" * _HEADER_BYTES)
 
                 def write(data: bytes) -> int:
-                    nonlocal crc, size
+                    nonlocal crc, head_crc, size
                     crc = zlib.crc32(data, crc)
+                    if size < _HEAD_BYTES:
+                        head_crc = zlib.crc32(data[: _HEAD_BYTES - size], head_crc)
                     size += len(data)
                     fh.write(data)
                     return len(data)
 
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))
-                meta = dict(header, payload_bytes=size, crc32=crc, nprobe=self.nprobe)
+                meta = dict(
+                    header,
+                    payload_bytes=size,
+                    crc32=crc,
+                    head_crc32=head_crc,
+                    nprobe=self.nprobe,
+                    last_rowid=self.last_rowid,
+                    ntotal=self.ntotal,
+                )
                 blob = _MAGIC + json.dumps(meta).encode()
-                if len(blob) > _HEADER_BYTES:  # pragma: no cover - the header is small
+                if len(blob) > _TRAILER_BYTES:  # pragma: no cover - the header is small
                     raise AnnFileError("header too large")
-                fh.seek(0)
-                fh.write(blob.ljust(_HEADER_BYTES, b" "))
+                fh.write(blob.ljust(_TRAILER_BYTES, b" "))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -164,10 +217,14 @@ class IvfIndex:
     def read_header(path: Path) -> dict[str, Any]:
         try:
             with open(path, "rb") as fh:
-                head = fh.read(_HEADER_BYTES)
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() < _TRAILER_BYTES:
+                    raise AnnFileError("not a lookalike ANN file")
+                fh.seek(-_TRAILER_BYTES, os.SEEK_END)
+                head = fh.read(_TRAILER_BYTES)
         except OSError as exc:
             raise AnnFileError(f"cannot read: {exc.strerror or exc}") from exc
-        if len(head) < _HEADER_BYTES or not head.startswith(_MAGIC):
+        if not head.startswith(_MAGIC):
             raise AnnFileError("not a lookalike ANN file")
         try:
             meta: Any = json.loads(head[len(_MAGIC) :].decode().strip())
@@ -177,30 +234,60 @@ class IvfIndex:
             raise AnnFileError("unreadable header")
         return meta
 
+    @staticmethod
+    def _crc(path: Path, limit: int | None) -> int:
+        crc = 0
+        left = limit
+        with open(path, "rb") as fh:
+            while left is None or left > 0:
+                chunk = fh.read(_CHUNK if left is None else min(_CHUNK, left))
+                if not chunk:
+                    break
+                crc = zlib.crc32(chunk, crc)
+                if left is not None:
+                    left -= len(chunk)
+        return crc
+
     @classmethod
     def load(cls, path: Path, expect: dict[str, Any]) -> tuple[IvfIndex, dict[str, Any]]:
-        """Read the file after checking its header against ``expect`` and its checksum."""
+        """Map the file after checking its trailer against ``expect``, its size and the
+        checksum of its head (:meth:`verify` checks all of it)."""
         faiss = _faiss()
         meta = cls.read_header(path)
         for key, value in expect.items():
             if meta.get(key) != value:
                 raise AnnFileError(f"{key} is {meta.get(key)!r}, expected {value!r}")
         size = int(meta.get("payload_bytes", -1))
-        if path.stat().st_size != _HEADER_BYTES + size:
+        if path.stat().st_size != size + _TRAILER_BYTES:
             raise AnnFileError("truncated or extended")
-        crc = 0
-        with open(path, "rb") as fh:
-            fh.seek(_HEADER_BYTES)
-            while chunk := fh.read(_CHUNK):
-                crc = zlib.crc32(chunk, crc)
-        if crc != meta.get("crc32"):
+        if cls._crc(path, min(size, _HEAD_BYTES)) != meta.get("head_crc32"):
             raise AnnFileError("checksum mismatch")
-        with open(path, "rb") as fh:
-            fh.seek(_HEADER_BYTES)
-            try:
-                index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
-            except RuntimeError as exc:
-                raise AnnFileError(f"faiss cannot read it: {exc}") from exc
-        if int(index.d) != int(meta.get("dim", -1)) or not hasattr(index, "nlist"):
-            raise AnnFileError("unexpected index type or dimension")
-        return cls(index), meta
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError as exc:
+            raise AnnFileError(f"faiss cannot read it: {exc}") from exc
+        if (
+            int(index.d) != int(meta.get("dim", -1))
+            or not hasattr(index, "nlist")
+            or int(index.ntotal) != int(meta.get("ntotal", -1))
+        ):
+            raise AnnFileError("unexpected index type, dimension or size")
+        return cls(index, None, int(meta.get("last_rowid", 0))), meta
+
+    @classmethod
+    def verify(cls, path: Path) -> None:
+        """Check the whole payload's checksum; AnnFileError when it differs."""
+        meta = cls.read_header(path)
+        if cls._crc(path, int(meta.get("payload_bytes", -1))) != meta.get("crc32"):
+            raise AnnFileError("checksum mismatch")
+
+
+class Bitmap:
+    """A faiss selector allowing the given rowids (keeps its buffer alive)."""
+
+    def __init__(self, allowed: NDArray[np.int64]) -> None:
+        faiss = _faiss()
+        bits = np.zeros(int(allowed.max()) + 1 if len(allowed) else 1, dtype=bool)
+        bits[allowed] = True
+        self.packed = np.packbits(bits, bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(len(self.packed), faiss.swig_ptr(self.packed))

@@ -1,5 +1,6 @@
-"""Search over the mirror: exact (float32 brute force) or approximate (IVF candidates
-re-ranked with the exact vectors); hits read back with their metadata."""
+"""Search over the mirror: exact (float32 brute force over the mapped vectors) or
+approximate (IVF candidates re-ranked with the exact vectors); hits read back with their
+metadata."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ from ...filters import NormalizedFilter
 from ...types import Hit
 from .._common import top_k
 from ._columns import filter_mask
+from ._ivf import Bitmap
 from ._mirror import Mirror
-from ._rows import decode_block, sound_vectors, warn_damaged
+from ._rows import warn_damaged
 from ._sqlite import execute_in
 
 __all__ = ["search"]
 
-_EXACT_FILTER_LIMIT = 50_000  # filtered ANN searches with fewer candidates scan them all
+# On the ANN path, filtered searches with at most this many matches read and score them
+# all exactly; up to _ALL_LISTS_LIMIT matches the index visits every list but scores only
+# the matches; above it, it probes proportionally more lists than unfiltered searches.
+_EXACT_FILTER_LIMIT = 256
+_ALL_LISTS_LIMIT = 50_000
 
 _Found = list[tuple[NDArray[np.int64], NDArray[np.float32]]]  # (rowids, scores) per query
 
@@ -36,15 +42,17 @@ def search(
 ) -> list[list[Hit]]:
     """The ``k`` best hits per query among the records matching ``flt``, best first."""
     nq = queries.shape[0]
-    mask = filter_mask(db, mirror, flt) if flt else None
+    mask = filter_mask(db, mirror, flt, where) if flt else None
     candidates = mirror.live if mask is None else int(mask.sum())
     if candidates == 0:
         return [[] for _ in range(nq)]
-    if mirror.matrix is not None:
+    if mirror.ann is None:
         found = _search_exact(mirror, queries, min(k, candidates), mask, candidates)
+    elif mask is not None and candidates <= _EXACT_FILTER_LIMIT:
+        found = _search_rows(mirror, queries, k, np.flatnonzero(mask))
     else:
-        found = _search_ann(db, mirror, queries, k, mask, candidates, where)
-    return _hits(db, found, where)
+        found = _search_ann(mirror, queries, k, mask, candidates)
+    return _hits(db, mirror, found, where)
 
 
 def _search_exact(
@@ -76,55 +84,93 @@ def _search_exact(
 
 
 def _search_ann(
-    db: sqlite3.Connection,
     mirror: Mirror,
     queries: NDArray[np.float32],
     k: int,
     mask: NDArray[np.bool_] | None,
     candidates: int,
-    where: object,
 ) -> _Found:
+    """IVF candidates for the rows the index holds, exact scores for the rows written
+    after it was built; all re-ranked with the float32 vectors."""
     ann = mirror.ann
-    pool = min(candidates, max(4 * k, k + 30))  # re-ranked with the float32 vectors
-    allowed = None if mask is None else mirror.rowids[: mirror.size][mask]
-    nprobe = ann.nprobe
-    if allowed is not None:
-        if candidates <= _EXACT_FILTER_LIMIT:
-            nprobe = ann.nlist  # visits every list, but scores only the candidates
-        else:
-            nprobe = min(ann.nlist, math.ceil(nprobe * mirror.live / candidates))
-    _, ids = ann.search(queries, pool, nprobe, allowed)
+    size = mirror.size
+    rowids = mirror.rowids[:size]
+    valid = mirror.alive[:size] if mask is None else mask
+    split = int(np.searchsorted(rowids, ann.last_rowid, side="right"))
+    inside = int(valid[:split].sum())
     need = min(k, candidates)
-    short = [j for j in range(len(ids)) if int((ids[j] >= 0).sum()) < need]
-    if short and nprobe < ann.nlist:  # never return fewer hits than there are matches
-        _, ids[short] = ann.search(queries[short], pool, ann.nlist, allowed)
-    wanted = np.unique(ids[ids >= 0])
-    vectors: dict[int, NDArray[np.float32]] = {}
-    sql = "SELECT rowid, id, vector FROM records WHERE rowid IN ({marks})"
-    for cursor in execute_in(db, sql, wanted.tolist()):
-        rows = sound_vectors(where, cursor.fetchall(), mirror.dim)
-        for row, vec in zip(rows, decode_block(rows, mirror.dim)):
-            vectors[int(row[0])] = vec
+    pool = max(4 * k, k + 30)  # re-ranked with the float32 vectors
+    nq = queries.shape[0]
+    ids = np.full((nq, 0), -1, dtype=np.int64)
+    if inside:
+        nprobe = ann.nprobe
+        if mask is None:
+            allowed = _unfiltered_bitmap(mirror, split, inside)
+        else:
+            allowed = Bitmap(rowids[:split][valid[:split]])
+            if candidates <= _ALL_LISTS_LIMIT:
+                nprobe = ann.nlist
+            else:
+                nprobe = min(ann.nlist, math.ceil(nprobe * mirror.live / candidates))
+        _, ids = ann.search(queries, min(pool, inside), nprobe, allowed)
+        short = [j for j in range(nq) if int((ids[j] >= 0).sum()) < min(need, inside)]
+        if short and nprobe < ann.nlist:  # never return fewer hits than there are matches
+            _, ids[short] = ann.search(queries[short], min(pool, inside), ann.nlist, allowed)
+    delta = np.flatnonzero(valid[split:]) + split  # written after the index: exact
+    delta_scores = mirror.rows(delta) @ queries.T if len(delta) else None
     out = []
-    for j in range(len(ids)):
-        got = np.array([r for r in ids[j] if r >= 0 and int(r) in vectors], dtype=np.int64)
-        if not len(got):
-            out.append((got, np.zeros(0, dtype=np.float32)))
-            continue
-        exact = np.stack([vectors[int(r)] for r in got]) @ queries[j]
-        best = top_k(exact, min(k, len(got)))
-        out.append((got[best], exact[best]))
+    for j in range(nq):
+        got = ids[j][ids[j] >= 0]
+        pos = np.searchsorted(rowids, got)
+        ok = pos < size
+        pos = pos[ok]
+        pos = pos[(rowids[pos] == got[ok]) & valid[pos]]
+        exact = mirror.rows(pos) @ queries[j]
+        if delta_scores is not None:
+            pos = np.concatenate([pos, delta])
+            exact = np.concatenate([exact, delta_scores[:, j]])
+        best = top_k(exact, min(k, len(pos)))
+        out.append((rowids[pos[best]], exact[best]))
     return out
 
 
-def _hits(db: sqlite3.Connection, found: _Found, where: object) -> list[list[Hit]]:
+def _search_rows(
+    mirror: Mirror, queries: NDArray[np.float32], k: int, positions: NDArray[np.intp]
+) -> _Found:
+    """Exact scores of the rows at ``positions`` (a few: read, not mapped)."""
+    scores = mirror.rows(positions) @ queries.T
+    out = []
+    for j in range(queries.shape[0]):
+        best = top_k(scores[:, j], min(k, len(positions)))
+        out.append((mirror.rowids[positions[best]], scores[best, j]))
+    return out
+
+
+def _unfiltered_bitmap(mirror: Mirror, split: int, inside: int) -> Bitmap | None:
+    """The rows the index may return, when it holds rows that are gone (else None)."""
+    if mirror.ann.ntotal == inside:
+        return None
+    key = (mirror.size, mirror.dead, split, id(mirror.ann))
+    cached = mirror._bitmap
+    if cached is None or cached[0] != key:
+        rowids = mirror.rowids[:split]
+        cached = (key, Bitmap(rowids[mirror.alive[:split]]))
+        mirror._bitmap = cached
+    bitmap: Bitmap = cached[1]
+    return bitmap
+
+
+def _hits(db: sqlite3.Connection, mirror: Mirror, found: _Found, where: object) -> list[list[Hit]]:
+    """Read the hits' ids and metadata; rows found damaged (a vector of the wrong size
+    or metadata that is not a JSON object) are skipped with a warning and masked."""
     wanted = sorted({int(r) for rowids, _ in found for r in rowids})
-    info: dict[int, tuple[str, str]] = {}
-    sql = "SELECT rowid, id, metadata FROM records WHERE rowid IN ({marks})"
+    info: dict[int, tuple[str, str, int]] = {}
+    sql = "SELECT rowid, id, metadata, length(vector) FROM records WHERE rowid IN ({marks})"
     for cursor in execute_in(db, sql, wanted):
-        for row, rid, meta in cursor:
-            info[int(row)] = (rid, meta)
+        for row, rid, meta, size in cursor:
+            info[int(row)] = (rid, meta, size)
     results = []
+    damaged: set[int] = set()
     for rowids, scores in found:
         hits = []
         for r, s in zip(rowids.tolist(), scores.tolist()):
@@ -132,12 +178,21 @@ def _hits(db: sqlite3.Connection, found: _Found, where: object) -> list[list[Hit
             if got is None:
                 continue
             try:
-                parsed: Any = json.loads(got[1])
-                if not isinstance(parsed, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:  # damaged since this process loaded it
-                warn_damaged(where, got[0], f"unreadable metadata ({exc})")
+                if got[2] != mirror.dim * 4:
+                    raise ValueError(f"vector of {got[2]} bytes, expected {mirror.dim * 4}")
+                try:
+                    parsed: Any = json.loads(got[1])
+                    if not isinstance(parsed, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:  # damaged since this process loaded it
+                    raise ValueError(f"unreadable metadata ({exc})") from exc
+            except ValueError as exc:
+                if r not in damaged:
+                    warn_damaged(where, got[0], str(exc))
+                    damaged.add(r)
                 continue
             hits.append(Hit.from_metadata(got[0], float(np.clip(s, -1.0, 1.0)), parsed))
         results.append(hits)
+    if damaged:
+        mirror.remove(np.array(sorted(damaged), dtype=np.int64))
     return results

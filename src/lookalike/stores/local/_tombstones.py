@@ -3,13 +3,9 @@ processes catch up on deletions incrementally; the log is compacted when it grow
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from pathlib import Path
 
-from ._ivf import AnnFileError, IvfIndex
-
-__all__ = ["compact", "max_tomb", "maybe_compact", "tomb_floor"]
+__all__ = ["compact", "due", "max_tomb", "tomb_floor"]
 
 # Tombstones are compacted once there are this many, and more than live records: other
 # processes then resync their deletions from the rowids (see _mirror.resync_deletions).
@@ -27,36 +23,24 @@ def max_tomb(db: sqlite3.Connection) -> int:
     return max(top, tomb_floor(db))
 
 
-def maybe_compact(db: sqlite3.Connection, ann_path: Path, store_uuid: str) -> None:
-    """Compact the tombstones once they outnumber both the live records and a floor."""
+def due(db: sqlite3.Connection) -> bool:
+    """Whether the tombstones outnumber both the live records and a floor."""
     pending = max_tomb(db) - tomb_floor(db)
     if pending < _TOMB_COMPACT_MIN:
-        return
+        return False
     live = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
-    if pending > live:
-        compact(db, ann_path, store_uuid, live)
+    return pending > live
 
 
-def compact(db: sqlite3.Connection, ann_path: Path, store_uuid: str, live: int | None = None) -> int:
-    """Delete the tombstones every reader can do without; return how many.
+def compact(db: sqlite3.Connection) -> int:
+    """Delete the tombstones; return how many.
 
     Inside a write transaction. Readers that had not seen them all resync their
-    deletions from the rowids (``meta.tomb_floor`` tells them). Tombstones newer than
-    the derived ANN file are kept, so that it still catches up incrementally, unless
-    they outnumber the ``live`` records (catching up would cost about a rebuild).
+    deletions from the rowids (``meta.tomb_floor`` tells them). The store rewrites its
+    vector file without the deleted rows in the same transaction.
     """
     floor = tomb_floor(db)
     upto = max_tomb(db)
-    if ann_path.exists():
-        with contextlib.suppress(AnnFileError, KeyError, TypeError, ValueError):
-            header = IvfIndex.read_header(ann_path)
-            covered = int(header["last_tomb"])
-            if (
-                header.get("store") == store_uuid
-                and covered >= floor
-                and (live is None or upto - covered <= live)
-            ):
-                upto = min(upto, covered)
     if upto <= floor:
         return 0
     removed = int(db.execute("DELETE FROM tombstones WHERE seq <= ?", (upto,)).rowcount)

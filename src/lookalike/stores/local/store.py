@@ -27,17 +27,23 @@ from .._common import (
     require_schema,
     validate_records,
 )
-from . import _annfile, _check, _tombstones
-from ._mirror import Mirror, catch_up, resync_deletions
+from . import _annfile, _check, _tombstones, _vecfile
+from ._ivf import AnnFileError, IvfIndex
+from ._mirror import Mirror, Reload, catch_up, expand, load_mapped, resync_deletions
 from ._open import connect, open_file
-from ._rows import delete_records, record
+from ._rows import decode_block, delete_records, record, sound_vectors
 from ._search import search as search_mirror
-from ._sqlite import execute_in, translate, write_transaction
+from ._sqlite import FETCH_CHUNK, execute_in, translate, write_transaction
 
 __all__ = ["DEFAULT_ANN_THRESHOLD", "LocalStore"]
 
 #: Stores with at least this many records search through the approximate index.
-DEFAULT_ANN_THRESHOLD = 200_000
+DEFAULT_ANN_THRESHOLD = 20_000
+
+# Indexes of at most this many floats (rows x dim) are built in the caller's thread:
+# well under a second. Larger ones are built in a background thread while searches stay
+# exact, except when a handle that wrote closes (it builds before it returns).
+_SYNC_BUILD_FLOATS = 1 << 22
 
 
 class LocalStore:
@@ -48,13 +54,18 @@ class LocalStore:
     processes may read while one writes; a search sees every write committed before it
     started (readers catch up incrementally, reading only what changed).
 
-    Search is exact (float32, brute force) below ``ann_threshold`` records and
-    approximate above it: an IVF index with 8-bit vectors (faiss, extra ``[ann]``),
-    whose candidates are re-ranked with the exact float32 vectors, so scores are exact
-    cosine similarities. The index is a derived file, ``<path>.ann``, rebuilt when it is
-    missing, stale or damaged. Without faiss installed, search stays exact at any size.
-    Filters work on both paths and never drop matches: selective filters are answered by
-    scanning every matching record. See ``docs/performance.md``.
+    The float32 vectors are also written, in the same transaction, to a derived file
+    ``<path>.vec`` that every process memory-maps: opening a store reads no vectors,
+    whatever its size. Search is exact (brute force over the mapped vectors) below
+    ``ann_threshold`` records and approximate above it: an IVF index with 8-bit vectors
+    (faiss, extra ``[ann]``), memory-mapped from the derived file ``<path>.ann``, whose
+    candidates are re-ranked with the float32 vectors, so scores are exact cosine
+    similarities. While the index is being built (in the background for large stores)
+    searches are exact; rows written after it was built are searched exactly until it
+    is rebuilt. Both derived files are rebuilt when missing, stale or damaged. Without
+    faiss installed, search stays exact at any size. Filters work on both paths and
+    never drop matches: selective filters are answered by scoring every matching
+    record. See ``docs/performance.md``.
 
     Args:
         path: the store file (created with its parent folder if missing), e.g.
@@ -63,7 +74,8 @@ class LocalStore:
             :class:`~lookalike.errors.StoreTimeoutError`.
         ann_threshold: record count from which search is approximate; ``None`` keeps
             search exact at any size.
-        ann_nprobe: inverted lists probed per query (default: 1/64 of them, at least 8);
+        ann_nprobe: inverted lists probed per query (default: 1/64 of them, at least 8;
+            1/8 of them, at least 16, for indexes of fewer than 512 lists);
             higher is slower and closer to exact.
         read_only: open without ever writing (``info``, ``search``, ``check``). A store
             whose file or folder cannot be written is opened read-only anyway; a write
@@ -93,6 +105,15 @@ class LocalStore:
                 "give a file such as photos.lookalike"
             )
         self.ann_path = self.path.with_name(self.path.name + ".ann")
+        self.vec_path = self.path.with_name(self.path.name + ".vec")
+        self._vec: _vecfile.VecFile | None = None  # this handle's vector file, for writes
+        self._builder: threading.Thread | None = None
+        self._built: IvfIndex | None = None  # handed over by the builder thread
+        self._built_lock = threading.Lock()
+        self._ann_seen: tuple[int, int] | None = None  # (inode, mtime) of the .ann last tried
+        self._wrote = False
+        self._build_failed = False
+        self._vec_damaged = False
         self._timeout = timeout
         self._lock = threading.RLock()
         self._schema: Schema | None = None
@@ -151,6 +172,8 @@ class LocalStore:
     @contextlib.contextmanager
     def _current(self, action: str, schema: Schema) -> Iterator[tuple[sqlite3.Connection, Mirror]]:
         """A read snapshot and the mirror brought up to it."""
+        if (self._mirror is None or self._vec_damaged) and not self.read_only:
+            self._prepare_vecfile(schema)
         with self._translate(action):
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
         with self._snapshot(action) as db:
@@ -195,10 +218,12 @@ class LocalStore:
                 for r, vec in zip(records, matrix)
             ]
             with self._transaction("upsert") as db:
+                before = _last_rowid(db)
                 delete_records(db, [r.id for r in records])  # replaced: deleted, inserted again
                 db.executemany("INSERT INTO records(id, metadata, vector) VALUES (?, ?, ?)", rows)
-                _tombstones.maybe_compact(db, self.ann_path, self._uuid)
-            self._dirty = True
+                self._append_vectors(db, schema, before, matrix)
+                self._maybe_compact(db, schema.dim)
+            self._dirty = self._wrote = True
 
     def search(
         self, vectors: NDArray[np.float32], k: int, filter: Filter | None = None
@@ -207,6 +232,14 @@ class LocalStore:
             schema = self._require_schema()
             queries = check_search_args(vectors, k, schema)
             flt = normalize_filter(filter, schema.fields)
+            try:
+                with self._current("search", schema) as (db, mirror):
+                    return search_mirror(db, mirror, queries, int(k), flt, self.path)
+            except _vecfile.VecFileError:  # the file was cut short under this process
+                self._vec_damaged = True
+                self._mirror = None
+                if self.read_only:
+                    self._vec = None
             with self._current("search", schema) as (db, mirror):
                 return search_mirror(db, mirror, queries, int(k), flt, self.path)
 
@@ -226,12 +259,12 @@ class LocalStore:
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
-            self._require_schema()
+            schema = self._require_schema()
             ids = list(dict.fromkeys(ids))
             with self._transaction("delete") as db:
                 removed = delete_records(db, ids)
-                _tombstones.maybe_compact(db, self.ann_path, self._uuid)
-            self._dirty = True
+                self._maybe_compact(db, schema.dim)
+            self._dirty = self._wrote = True
             return removed
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[Record]]:
@@ -301,12 +334,17 @@ class LocalStore:
     def _close(self, save: bool) -> None:
         with self._lock:
             if self._conn is not None:
-                mirror = self._mirror
-                if save and mirror is not None and mirror.ann is not None and mirror.unsaved:
-                    _annfile.save(self.ann_path, self._uuid, mirror)
+                if save and self._wrote and not self.read_only:
+                    # a writer leaves the index ready for the processes that come next;
+                    # the index is derived: failing to build it never fails close()
+                    with contextlib.suppress(Exception):
+                        self._finish_ann()
                 self._conn.close()
                 self._conn = None
                 self._mirror = None
+                if self._vec is not None:
+                    self._vec.close()
+                    self._vec = None
 
     def __enter__(self) -> LocalStore:
         return self
@@ -321,29 +359,48 @@ class LocalStore:
     # -- introspection -----------------------------------------------------------------
     @property
     def search_mode(self) -> str:
-        """``"exact"`` or ``"ann"``: how searches are answered now (loads the index)."""
+        """``"exact"`` or ``"ann"``: how searches are answered now (loads the index;
+        ``"exact"`` while it is being built in the background)."""
         with self._lock:
             schema = self._require_schema()
             with self._current("read", schema) as (_, mirror):
-                return "exact" if mirror.matrix is not None else "ann"
+                return "exact" if mirror.ann is None else "ann"
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Start the approximate index's build if it is due, wait until it has finished
+        (at most ``timeout`` seconds); return whether searches now use it (False for
+        stores below ``ann_threshold``, or without faiss)."""
+        if self.search_mode == "ann":  # loads it, or starts its build
+            return True
+        builder = self._builder
+        if builder is not None:
+            builder.join(timeout)
+            if builder.is_alive():
+                return False
+        return self.search_mode == "ann"
 
     # -- the in-memory mirror ----------------------------------------------------------
     def _refresh(self, db: sqlite3.Connection, schema: Schema, version: int) -> Mirror:
         """Bring the mirror up to the snapshot ``db`` reads (``version`` read before it began)."""
         mirror = self._mirror
-        if mirror is not None and not self._dirty and version == self._data_version:
+        if (
+            mirror is not None
+            and not self._dirty
+            and version == self._data_version
+            and self._built is None
+        ):
             return mirror
         try:
             if mirror is None or mirror.dim != schema.dim:
                 mirror = self._load_mirror(db, schema)
             else:
-                if mirror.last_tomb < _tombstones.tomb_floor(db):  # compacted past what we saw
-                    resync_deletions(db, mirror)
-                catch_up(db, mirror, self.path)
-                if mirror.matrix is not None and _annfile.wants_ann(self.ann_threshold, mirror.live):
+                try:
+                    if mirror.last_tomb < _tombstones.tomb_floor(db):  # compacted past what we saw
+                        resync_deletions(db, mirror)
+                    catch_up(db, mirror, self.path)
+                except Reload:
                     mirror = self._load_mirror(db, schema)
-                elif mirror.ann is not None and mirror.unsaved > max(50_000, mirror.live // 10):
-                    _annfile.save(self.ann_path, self._uuid, mirror)
+            self._maintain_ann(mirror)
         except BaseException:
             self._mirror = None
             raise
@@ -353,22 +410,215 @@ class LocalStore:
         return mirror
 
     def _load_mirror(self, db: sqlite3.Connection, schema: Schema) -> Mirror:
-        n = int(db.execute("SELECT count(*) FROM records").fetchone()[0])
-        if _annfile.wants_ann(self.ann_threshold, n):
-            mirror = Mirror(schema.dim, exact=False)
-            if not _annfile.load(db, mirror, self.ann_path, self._uuid, self.ann_nprobe, self.path):
-                mirror = Mirror(schema.dim, exact=False)
-                self._build_ann(db, mirror, n)
-                _annfile.save(self.ann_path, self._uuid, mirror)
-            return mirror
-        mirror = Mirror(schema.dim, exact=True)
-        mirror.reserve(n)  # one allocation, not 1.5x growth steps that copy
+        mirror = Mirror(schema.dim)
+        state = _vecfile.state(db)
+        if state is not None:
+            try:
+                load_mapped(db, mirror, self._open_vecfile(state, schema.dim), state, self.path)
+            except _vecfile.VecFileError:
+                mirror = Mirror(schema.dim)  # read the vectors from SQLite instead
+                self._vec_damaged = True  # and rebuild the file before the next search
         mirror.last_tomb = _tombstones.max_tomb(db)
+        extra = int(
+            db.execute("SELECT count(*) FROM records WHERE rowid > ?", (mirror.last_rowid,)).fetchone()[0]
+        )
+        mirror.reserve(extra)  # one allocation, not 1.5x growth steps that copy
+        mirror._reserve_tail(extra)
         catch_up(db, mirror, self.path)
+        self._ann_seen = None
+        self._build_failed = False  # a build that failed on the previous mirror may retry
         return mirror
 
-    def _build_ann(self, db: sqlite3.Connection, mirror: Mirror, n: int) -> None:
-        _annfile.build(db, mirror, self.ann_nprobe, self.path)
+    # -- the vector file ---------------------------------------------------------------
+    def _maybe_compact(self, db: sqlite3.Connection, dim: int) -> None:
+        if _tombstones.due(db):
+            self._compact(db, dim)
+
+    def _compact(self, db: sqlite3.Connection, dim: int) -> None:
+        """Compact the tombstones and, with them, drop the deleted rows from the vector
+        file (inside a write transaction): the file then knows of every deletion."""
+        _tombstones.compact(db)
+        state = _vecfile.state(db)
+        if state is None:
+            return
+        try:
+            old = self._open_vecfile(state, dim)
+            if not old.writable:
+                raise _vecfile.VecFileError("read-only")
+            rowids = _expand_all(db, state)
+        except _vecfile.VecFileError:
+            _vecfile.drop_state(db)  # rebuilt from SQLite by the next load
+            return
+        present = np.fromiter((r for (r,) in db.execute("SELECT rowid FROM records")), dtype=np.int64)
+        keep = np.flatnonzero(np.isin(rowids, present))
+        try:
+            self._vec = _vecfile.rewrite(
+                db, old, self._uuid, keep, rowids[keep], _tombstones.tomb_floor(db), self.path
+            )
+        except (OSError, _vecfile.VecFileError):
+            _vecfile.drop_state(db)
+        old.close()
+
+    def _open_vecfile(self, state: _vecfile.VecState, dim: int) -> _vecfile.VecFile:
+        """This handle's open vector file, if it is the one SQLite describes."""
+        vf = self._vec
+        if vf is None or vf.token != state.token or vf.dim != dim:
+            if vf is not None:
+                vf.close()
+                self._vec = None
+            vf = self._vec = _vecfile.open_file(
+                self.vec_path, self._uuid, dim, state.token, writable=not self.read_only
+            )
+        return vf
+
+    def _append_vectors(
+        self, db: sqlite3.Connection, schema: Schema, before: int, matrix: NDArray[np.float32]
+    ) -> None:
+        """Write the rows just inserted (rowids after ``before``) to the vector file, in
+        the upsert's transaction. A store without a file gets one when it was empty."""
+        n = len(matrix)
+        last = _last_rowid(db)
+        state = _vecfile.state(db)
+        if state is None:
+            if db.execute("SELECT 1 FROM records WHERE rowid <= ? LIMIT 1", (before,)).fetchone():
+                return  # an older store: its file is built by the next load
+            try:
+                vf = self._vec = _vecfile.create(self.vec_path, self._uuid, schema.dim)
+            except OSError:
+                return  # no file beside the store (say, a folder there): SQLite alone
+            _vecfile.start(db, vf, _tombstones.tomb_floor(db))
+            state = _vecfile.VecState(vf.token, 0)
+        try:
+            vf = self._open_vecfile(state, schema.dim)
+        except _vecfile.VecFileError:
+            _vecfile.drop_state(db)  # the file is gone or not ours: rebuilt by the next load
+            return
+        if vf.writable and last == before + n:
+            self._append_missing(db, vf, before, schema.dim)
+            _vecfile.append(db, vf, np.arange(before + 1, last + 1, dtype=np.int64), matrix, self.path)
+        # else the rows stay out of the file: readers take them from SQLite, and the next
+        # writer that can append adds them first (_append_missing)
+
+    def _append_missing(self, db: sqlite3.Connection, vf: _vecfile.VecFile, before: int, dim: int) -> None:
+        """Append rows an older lookalike stored without writing them to the file."""
+        row = db.execute("SELECT row + n - 1 FROM vecsegs ORDER BY pos DESC LIMIT 1").fetchone()
+        covered = int(row[0]) if row else 0
+        if covered >= before:
+            return
+        cursor = db.execute(
+            "SELECT rowid, id, vector FROM records WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+            (covered, before),
+        )
+        while chunk := cursor.fetchmany(FETCH_CHUNK):
+            sound = sound_vectors(self.path, chunk, dim)
+            if sound:
+                rowids = np.array([r[0] for r in sound], dtype=np.int64)
+                _vecfile.append(db, vf, rowids, decode_block(sound, dim), self.path)
+
+    def _prepare_vecfile(self, schema: Schema) -> None:
+        """Build the vector file from SQLite when it is missing or not the one SQLite
+        describes (an older store, a deleted or damaged file). Needs write access."""
+        damaged, self._vec_damaged = self._vec_damaged, False
+        if damaged:
+            self._mirror = None  # loaded again, from the rebuilt file
+        with self._translate("open"):
+            state = _vecfile.state(self._db)
+            if state is not None and not damaged:
+                try:
+                    self._open_vecfile(state, schema.dim)
+                    return
+                except _vecfile.VecFileError:
+                    pass
+            elif self._db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None:
+                return  # an empty store starts its file with its first upsert
+        _annfile.remove_stale_temporaries(self.vec_path)
+        try:
+            with self._transaction("build the vector file") as db:
+                state = _vecfile.state(db)
+                if state is not None and not damaged:  # built meanwhile by another process?
+                    with contextlib.suppress(_vecfile.VecFileError):
+                        self._open_vecfile(state, schema.dim)
+                        return
+                vf = _vecfile.create(self.vec_path, self._uuid, schema.dim)
+                _vecfile.start(db, vf, _tombstones.tomb_floor(db))
+                self._vec = vf
+                self._append_missing(db, vf, _last_rowid(db), schema.dim)
+        except (StoreError, OSError):
+            pass  # searches read the vectors from SQLite
+
+    # -- the approximate index ---------------------------------------------------------
+    def _maintain_ann(self, mirror: Mirror) -> None:
+        """Take a finished build, map a newer index file, or start a build, as needed."""
+        if not _annfile.wants_ann(self.ann_threshold, mirror.live):
+            mirror.ann = None
+            return
+        with self._built_lock:
+            built, self._built = self._built, None
+        if built is not None:
+            mirror.ann = self._mapped_or(built)
+        if not _annfile.stale(mirror):
+            return
+        seen = _file_id(self.ann_path)
+        if seen is not None and seen != self._ann_seen:  # a file this handle has not tried
+            self._ann_seen = seen
+            ann = _annfile.load(mirror, self.ann_path, self._uuid, self.ann_nprobe)
+            if ann is not None and (mirror.ann is None or ann.last_rowid > mirror.ann.last_rowid):
+                mirror.ann = ann
+                if not _annfile.stale(mirror):
+                    return
+        if self._builder is not None and (self._builder.is_alive() or self._build_failed):
+            return
+        snap = _annfile.Snapshot(mirror)
+        if mirror.live * mirror.dim <= _SYNC_BUILD_FLOATS:
+            mirror.ann = self._mapped_or(self._build_ann(snap))
+            return
+        self._builder = threading.Thread(
+            target=self._build_in_background, args=(snap,), name="lookalike-ann-build", daemon=True
+        )
+        self._builder.start()
+
+    def _build_ann(self, snap: _annfile.Snapshot) -> IvfIndex:
+        """Build an index of the snapshot's rows and save it (when the folder is writable)."""
+        ann = _annfile.build(snap, self.ann_nprobe)
+        if not self.read_only:
+            _annfile.save(self.ann_path, self._uuid, ann, snap.dim)
+        return ann
+
+    def _build_in_background(self, snap: _annfile.Snapshot) -> None:
+        try:
+            built = self._build_ann(snap)
+        except Exception:  # noqa: BLE001 - searches stay exact (say, out of memory)
+            self._build_failed = True
+            return
+        with self._built_lock:
+            self._built = built
+        self._dirty = True
+
+    def _mapped_or(self, ann: IvfIndex) -> IvfIndex:
+        """The saved file of ``ann`` mapped (shared with other processes), else ``ann``."""
+        try:
+            mapped, _ = IvfIndex.load(self.ann_path, {"store": self._uuid, "dim": ann.index.d})
+        except (AnnFileError, OSError):
+            return ann
+        if mapped.last_rowid != ann.last_rowid or mapped.ntotal != ann.ntotal:
+            return ann
+        mapped.nprobe = ann.nprobe
+        self._ann_seen = _file_id(self.ann_path)
+        return mapped
+
+    def _finish_ann(self) -> None:
+        """Wait for a running build, then build the index if it is still missing or stale."""
+        builder = self._builder
+        if builder is not None:
+            builder.join()
+        schema = self.describe()
+        if schema is None:
+            return
+        with self._current("build the index", schema) as (_, mirror):
+            builder = self._builder
+            if builder is not None and builder.is_alive():
+                builder.join()
+                self._dirty = True
 
     # -- maintenance -------------------------------------------------------------------
     def check(self, *, rebuild: bool = False, fix: bool = False) -> list[str]:
@@ -401,19 +651,80 @@ class LocalStore:
             if fix:
                 with self._transaction("check --fix") as db:
                     delete_records(db, [rid for rid, _ in damaged])
-                    _tombstones.compact(db, self.ann_path, self._uuid)
+                    self._compact(db, schema.dim)
                 self._dirty = True
             if [p for p in problems if not p.endswith("; dropped")]:
                 return problems
-            if rebuild:
-                with contextlib.suppress(FileNotFoundError):
-                    self.ann_path.unlink()
-            self._mirror = None
-            with self._current("check", schema) as (_, mirror):
-                if mirror.ann is not None and mirror.unsaved:
-                    _annfile.save(self.ann_path, self._uuid, mirror)
-            if fix:
-                # tombstones the ANN file still needed are now covered by its new save
-                with self._transaction("check --fix") as db:
-                    _tombstones.compact(db, self.ann_path, self._uuid)
+            self._check_derived(schema, rebuild)
         return problems
+
+    def _check_derived(self, schema: Schema, rebuild: bool) -> None:
+        """Verify the derived files in full and rebuild what is damaged (or everything
+        with ``rebuild``); read-only stores are only verified, in memory."""
+        builder = self._builder
+        if builder is not None:
+            builder.join()
+        if rebuild:
+            with self._transaction("check --rebuild") as db:
+                _vecfile.drop_state(db)
+            for path in (self.ann_path, self.vec_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        self._mirror = None
+        with self._current("check", schema) as (db, mirror):
+            sound = mirror.vec is None or _vecfile_matches(db, mirror)
+        if not sound:
+            if self.read_only:
+                with self._snapshot("check") as db:  # searches read SQLite instead
+                    mirror = Mirror(schema.dim)
+                    mirror.last_tomb = _tombstones.max_tomb(db)
+                    catch_up(db, mirror, self.path)
+                    self._mirror = mirror
+            else:
+                with self._transaction("check --rebuild") as db:
+                    _vecfile.drop_state(db)
+                self._mirror = None
+        if self.ann_path.exists():
+            try:
+                IvfIndex.verify(self.ann_path)
+            except (AnnFileError, OSError):
+                with contextlib.suppress(OSError):
+                    self.ann_path.unlink()
+                self._mirror = None
+        self._finish_ann()
+
+
+def _last_rowid(db: sqlite3.Connection) -> int:
+    """The highest rowid ever given (AUTOINCREMENT: rowids never go back)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _expand_all(db: sqlite3.Connection, state: _vecfile.VecState) -> NDArray[np.int64]:
+    return expand(_vecfile.segments(db, 0, state.rows), 0, state.rows)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def _vecfile_matches(db: sqlite3.Connection, mirror: Mirror) -> bool:
+    """Whether every live mapped row equals its vector in SQLite."""
+    rowids = mirror.rowids[: mirror.base]
+    cursor = db.execute(
+        "SELECT rowid, vector FROM records WHERE rowid <= ? ORDER BY rowid",
+        (int(rowids[-1]) if len(rowids) else 0,),
+    )
+    while chunk := cursor.fetchmany(FETCH_CHUNK):
+        got = np.array([r[0] for r in chunk], dtype=np.int64)
+        pos = np.searchsorted(rowids, got)
+        for p, (rowid, blob) in zip(pos.tolist(), chunk):
+            if p >= len(rowids) or rowids[p] != rowid or not mirror.alive[p]:
+                continue  # damaged (not searched) or not in the file
+            if bytes(blob) != mirror.mapped[p].tobytes():
+                return False
+    return True
