@@ -83,7 +83,7 @@ class MissingDependencyError(ImageSearchError, ImportError):
 
 #: Extras that install everything another extra does (``[onnx]`` and ``[offline]`` bring torch).
 _EXTRA_INCLUDES = {"onnx": frozenset({"torch"}), "offline": frozenset({"torch"}), "all": frozenset(
-    {"torch", "offline", "onnx", "tencent", "ui", "ann"})}
+    {"torch", "offline", "onnx", "tencent", "ui", "ann", "ray"})}
 
 
 def _needed_extras(extras: Sequence[str]) -> tuple[str, ...]:
