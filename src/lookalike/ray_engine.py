@@ -68,9 +68,9 @@ __all__ = ["HasWorkerSpec", "RayEngine", "WorkerSpec", "embedder_spec", "from_ur
 #: Rows handed to Ray Data at once (one dataset each); the driver looks their stored hashes
 #: up before, and sorts and writes them as the results stream back.
 DEFAULT_WINDOW = 10_000
-#: A batch whose worker died is retried this many times (a killed or preempted node costs a
-#: retry; a file that crashes every worker fails the run instead of looping).
-_RETRIES = 3
+#: A batch whose worker died is retried this many times by default (a killed or preempted
+#: node costs a retry; a file that crashes every worker fails the run instead of looping).
+RETRIES = 3
 
 
 # -- what travels to the workers -----------------------------------------------------------
@@ -189,6 +189,9 @@ class RayEngine:
         cpus_per_worker: CPUs reserved per model actor (default 1); the rest decode.
         window: images handed to Ray Data at once (default 10,000): the driver looks up their
             stored hashes first, and sorts and writes their results as they come back.
+        retries: a batch whose worker died (killed, preempted, out of memory) is run again
+            up to this many times (default 3); then the run fails, every batch reported
+            before stays stored, and running it again completes the rest.
     """
 
     address: str | None = None
@@ -196,6 +199,7 @@ class RayEngine:
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
     window: int = DEFAULT_WINDOW
+    retries: int = RETRIES
 
     def __post_init__(self) -> None:
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
@@ -208,6 +212,8 @@ class RayEngine:
                 raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigurationError(f"window must be a positive whole number, got {self.window!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigurationError(f"retries must be a whole number >= 0, got {self.retries!r}")
 
 
 def as_engine(engine: object) -> RayEngine | None:
@@ -260,6 +266,7 @@ class _Plan:
     workers: int
     gpus: float
     cpus: float
+    retries: int
 
 
 def _plan(ray: ModuleType, index: ImageSearchIndex, engine: RayEngine, batch_size: int) -> _Plan:
@@ -291,7 +298,7 @@ def _plan(ray: ModuleType, index: ImageSearchIndex, engine: RayEngine, batch_siz
     if sspec is not None:  # the workers create the collection before their first write
         schema = (index._schema or index._new_schema(None)).to_dict()
     return _Plan(spec, embedder.identity, embedder.dim, sspec, schema, batch_size, workers, gpus,
-                 engine.cpus_per_worker)
+                 engine.cpus_per_worker, engine.retries)
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -342,6 +349,7 @@ def add_many(
     yielded (as :meth:`Ingest.add <lookalike._ingest.Ingest.add>`)."""
     total = length(images)
     check_lengths(total, ids, metadata)
+    embedder_spec(index.embedder)  # before any cluster starts: a model the workers cannot build
     ray = connect(engine)
     plan = _plan(ray, index, engine, batch_size)
     bound = _Bound(index)
@@ -467,14 +475,16 @@ def _results(ray: ModuleType, rows: list[dict[str, Any]], plan: _Plan, progress:
         dataset = ray.data.from_items(rows)
         dataset = dataset.map_batches(
             _prepare, batch_size=plan.batch_size, batch_format="numpy", fn_kwargs={"embedder": plan.embedder},
-            num_cpus=1, max_retries=_RETRIES,  # a file that crashes its worker fails the run, never loops
+            num_cpus=1, max_retries=plan.retries,  # a file that crashes its worker fails the run, never loops
         )
         dataset = dataset.map_batches(
             _Embed, batch_size=plan.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=plan.workers),
             fn_constructor_kwargs={"embedder": plan.embedder, "identity": plan.identity, "store": plan.store,
                                    "schema": plan.schema},
-            num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=-1, max_task_retries=_RETRIES,
+            # restarts bounded too: an actor still restarting when a failed run shuts down
+            # outlives it, holding its CPU or GPU, and the next run would wait for it forever
+            num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=plan.retries, max_task_retries=plan.retries,
         )
     batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
     try:
