@@ -28,6 +28,7 @@ import importlib
 import itertools
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -591,9 +592,30 @@ def _unwrapped(exc: BaseException) -> ImageSearchError:
         if user is None and not type(current).__module__.startswith("ray"):
             user = current
         stack += [cause if isinstance(cause, BaseException) else None, current.__cause__, current.__context__]
+    named = _named_error(str(exc))
+    if named is not None:
+        return named
     shown = user or exc
     text = str(shown).strip().splitlines()
     return ImageSearchError(f"the Ray run failed: {type(shown).__name__}: {text[0] if text else ''}".rstrip(": "))
+
+
+def _named_error(text: str) -> ImageSearchError | None:
+    """The lookalike error a worker raised where Ray kept only its text (an actor whose
+    ``__init__`` raised: Ray's error holds the remote traceback as a string)."""
+    from . import errors
+
+    found = re.findall(r"^lookalike\.errors\.(\w+): (.+)$", text, flags=re.MULTILINE)
+    if not found:
+        return None
+    name, message = found[-1]
+    kind = getattr(errors, name, None)
+    if isinstance(kind, type) and issubclass(kind, ImageSearchError):
+        try:
+            return kind(message)
+        except TypeError:  # an error built from parts (ImageLoadError(source, reason), ...)
+            return ImageSearchError(message)
+    return None
 
 
 # -- the workers -----------------------------------------------------------------------------
