@@ -108,9 +108,15 @@ class WorkerSpec:
                 f"worker spec target {self.target!r} must be 'package.module:factory', "
                 "'identity:IDENTITY' or 'store:SPEC'"
             )
-        obj: Any = importlib.import_module(module)
-        for part in name.split("."):
-            obj = getattr(obj, part)
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"cannot build {self.target!r} on this worker: {exc} (is the package installed on "
+                "every node of the cluster?)"
+            ) from None
         return obj(**dict(self.options))
 
 
