@@ -31,7 +31,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -383,12 +383,13 @@ def add_many(
                     chunks = [_Chunk(window[start : start + batch_size], next(numbers))
                               for start in range(0, len(window), batch_size)]
                     rows = _ship(ingest, chunks, written, mentioned, plan, replace_metadata)
-                    results = _results(ray, rows, plan, progress)
-                    for chunk, direct in _in_order(chunks, rows, results):
-                        embedding = ingest._sort_and_embed(chunk, report, seen, written, on_error,
-                                                           replace_metadata)
-                        _drop_written(embedding, direct)
-                        writes.write(embedding)
+                    # closed on an error too (on_error="raise"): Ray stops the window's work
+                    with contextlib.closing(_results(ray, rows, plan, progress)) as results:
+                        for chunk, direct in _in_order(chunks, rows, results):
+                            embedding = ingest._sort_and_embed(chunk, report, seen, written, on_error,
+                                                               replace_metadata)
+                            _drop_written(embedding, direct)
+                            writes.write(embedding)
                 writes.finish()
             finally:
                 writes.wait()  # the write in flight lands, even after an error
@@ -471,14 +472,22 @@ def _ship(
     return rows
 
 
-def _results(ray: ModuleType, rows: list[dict[str, Any]], plan: _Plan, progress: bool) -> Iterator[dict[str, Any]]:
+def _results(ray: ModuleType, rows: list[dict[str, Any]], plan: _Plan, progress: bool) -> Generator[dict[str, Any], None, None]:
     """The workers' answers, one dict per row, in the order they come back."""
     if not rows:
         return
     with _quiet():
         context = ray.data.DataContext.get_current()
-        if not progress:
-            context.enable_progress_bars = False
+    bars = context.enable_progress_bars
+    try:
+        context.enable_progress_bars = bars and progress  # quiet runs are quiet
+        yield from _run(ray, rows, plan)
+    finally:
+        context.enable_progress_bars = bars
+
+
+def _run(ray: ModuleType, rows: list[dict[str, Any]], plan: _Plan) -> Iterator[dict[str, Any]]:
+    with _quiet():
         dataset = ray.data.from_items(rows)
         dataset = dataset.map_batches(
             _prepare, batch_size=plan.batch_size, batch_format="numpy", fn_kwargs={"embedder": plan.embedder},
