@@ -51,3 +51,22 @@ class OtherFake(FakeEmbedder):
 
     def worker_spec(self) -> WorkerSpec:
         return WorkerSpec("lookalike.embedders.fake:FakeEmbedder", {"seed": 7})
+
+
+class PixelFake(FakeEmbedder):
+    """``FakeEmbedder()`` (same identity, same vectors) with its preprocessing split off, as the
+    torch models have it: ``pixels`` gives a uint8 array per image (made in the decode tasks,
+    carried to the model actors as arrays of one shape), ``embed_pixels`` embeds them."""
+
+    def worker_spec(self) -> WorkerSpec:
+        return WorkerSpec("tests.ray_helpers:PixelFake", {})
+
+    def pixels(self, image: Any) -> NDArray[np.uint8]:
+        from PIL import Image
+
+        return np.asarray(image.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+    def embed_pixels(self, items: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        from PIL import Image
+
+        return super().embed([Image.fromarray(np.asarray(item)) for item in items])

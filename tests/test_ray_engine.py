@@ -29,7 +29,7 @@ from lookalike.ray_engine import RayEngine, WorkerSpec, embedder_spec, from_uri,
 from lookalike.stores import InMemoryStore, LocalStore  # noqa: E402
 from lookalike.testing import make_images  # noqa: E402
 
-from .ray_helpers import KillingFake, OtherFake  # noqa: E402
+from .ray_helpers import KillingFake, OtherFake, PixelFake  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TENCENT_KEY = "fake-key-Ray-77q"
@@ -195,7 +195,8 @@ def test_workers_write_to_tencent_and_no_key_travels(cluster: Any, photos: Path,
         driver_writes: list[int] = []
         real_upsert = store.upsert
         monkeypatch.setattr(store, "upsert", lambda rs: driver_writes.append(len(rs)) or real_upsert(rs))
-        with ImageSearchIndex(FakeEmbedder(), store, batch_size=BATCH) as index:
+        # pixels made in the decode tasks as arrays (as torch models make them), then embedded
+        with ImageSearchIndex(PixelFake(), store, batch_size=BATCH) as index:
             report = index.add_many(sources.from_dir(photos), metadata={"label": "x"}, engine=ONE)
             assert sorted(report.added) == sorted(in_process) and len(report.failed) == 1
             assert not driver_writes  # the model actors wrote every record

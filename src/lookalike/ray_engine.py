@@ -689,7 +689,8 @@ def _prepare(batch: Mapping[str, Any], embedder: WorkerSpec) -> dict[str, Any]:
         pixels.append(item.pixels if item.error is None else None)
     out = {name: batch[name] for name in ("chunk", "place", "id", "meta")}
     holder = np.empty(n, dtype=object)
-    holder[:] = pixels
+    for i, value in enumerate(pixels):  # one by one: arrays of one shape must not broadcast
+        holder[i] = value
     ready = np.array([p is not None for p in pixels], dtype=bool)  # a column of None reads back as NaN
     return {**out, "sha256": np.array(sha, dtype=object), "error": np.array(errors, dtype=object),
             "pixels": holder, "ready": ready}
