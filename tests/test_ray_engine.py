@@ -21,7 +21,7 @@ pytest.importorskip("ray.data", reason="engine='ray' needs ray[data]: pip instal
 
 import ray  # noqa: E402
 
-from lookalike import ConfigurationError, ImageSearchIndex, sources  # noqa: E402
+from lookalike import ConfigurationError, ImageSearchIndex, Item, path_id, sources  # noqa: E402
 from lookalike.cli import main  # noqa: E402
 from lookalike.embedders.fake import FakeEmbedder  # noqa: E402
 from lookalike.errors import ImageSearchError, MissingDependencyError, SchemaMismatchError  # noqa: E402
@@ -102,12 +102,20 @@ def test_same_records_as_in_process_then_unchanged(cluster: Any, photos: Path, i
         assert_same_records(records(index), in_process)
         assert index.schema is not None and index.schema.identity == FakeEmbedder().identity
 
-        # again: every hash is the stored one, so nothing is decoded or embedded
-        again = index.add_many(sources.from_dir(photos), metadata={"label": "x"}, engine="ray")
-        assert sorted(again.unchanged) == sorted(in_process)
-        assert again.embedded == 0 and not again.added and not again.updated
-        assert len(again.failed) == 1
-        assert_same_records(records(index), in_process)
+        # again, with two files listed twice (a CSV and a folder, say): every hash is the stored
+        # one, so nothing is decoded or embedded, and the metadata rules are the in-process ones
+        first, second = sorted((photos / "a").iterdir())[:2]
+        twice: list[Any] = [Item(first, metadata={"note": "one"}), *sources.from_dir(photos),
+                            Item(second, metadata={"label": "y"}), Item(first, metadata={"note": "two"})]
+        local = ImageSearchIndex(FakeEmbedder(), InMemoryStore(), batch_size=BATCH)
+        local.add_many(sources.from_dir(photos), metadata={"label": "x"})
+        want = local.add_many(twice)
+        again = index.add_many(twice, engine="ray")
+        for kind in ("added", "updated", "unchanged"):
+            assert sorted(getattr(again, kind)) == sorted(getattr(want, kind)), kind
+        assert again.embedded == want.embedded == 0 and len(again.failed) == 1
+        assert_same_records(records(index), records(local))
+        assert index.get(path_id(first)).metadata["note"] == "two"
 
 
 def test_killed_model_actor_is_retried_and_nothing_is_lost(cluster: Any, photos: Path,
