@@ -247,8 +247,16 @@ def connect(engine: RayEngine) -> ModuleType:
     ``$RAY_ADDRESS``, else a new local one (kept for later runs)."""
     ray = import_ray()
     if not ray.is_initialized():
-        with _quiet():
-            ray.init(address=engine.address, include_dashboard=False)
+        address = engine.address or os.environ.get("RAY_ADDRESS")
+        # a new local cluster without its dashboard; an existing one as it is (Ray Client
+        # refuses options it does not know)
+        options: dict[str, Any] = {} if address else {"include_dashboard": False}
+        try:
+            with _quiet():
+                ray.init(address=address, **options)
+        except Exception as exc:  # unreachable, refused, a malformed address
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise ConfigurationError(f"cannot connect to {where}: {exc}") from None
     return ray
 
 
