@@ -251,6 +251,8 @@ def connect(engine: RayEngine) -> ModuleType:
         # a new local cluster without its dashboard; an existing one as it is (Ray Client
         # refuses options it does not know)
         options: dict[str, Any] = {} if address else {"include_dashboard": False}
+        if address:
+            _check_reachable(address)
         try:
             with _quiet():
                 ray.init(address=address, **options)
@@ -258,6 +260,23 @@ def connect(engine: RayEngine) -> ModuleType:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
             raise ConfigurationError(f"cannot connect to {where}: {exc}") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) that nothing answers at is an error now: Ray
+    itself keeps trying to connect for minutes."""
+    import socket
+
+    host, colon, port = address.split("://", 1)[-1].rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        return  # "auto", "local", a name Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot connect to the Ray cluster at {address}: {exc.strerror or exc} (is the head "
+            "node running? `ray status` on it shows its address)"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -57,3 +57,23 @@ def test_urls_that_name_nothing(tmp_path: Path) -> None:
         read_uri((tmp_path / "folder.jpg").as_uri())
     with pytest.raises(ConfigurationError, match="cannot open"):
         list(from_uri("nosuchscheme-xyz://bucket/photos"))
+
+
+def test_a_cluster_address_nobody_answers_at_is_an_error_not_a_wait(image_files: Path) -> None:
+    pytest.importorskip("ray.data")
+    import socket
+
+    import ray
+
+    from lookalike import sources
+    from lookalike.ray_engine import RayEngine
+
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is connected already: the address would not be used")
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    index = ImageSearchIndex(FakeEmbedder())
+    with pytest.raises(ConfigurationError, match=f"cannot connect to the Ray cluster at 127.0.0.1:{port}"):
+        index.add_many(sources.from_dir(image_files), engine=RayEngine(address=f"127.0.0.1:{port}"))
+    assert not ray.is_initialized()
