@@ -384,16 +384,21 @@ def add_many(
     total = length(images)
     check_lengths(total, ids, metadata)
     embedder_spec(index.embedder)  # before any cluster starts: a model the workers cannot build
-    ray = connect(engine)
-    plan = _plan(ray, index, engine, batch_size)
-    bound = _Bound(index)
-    ingest = Ingest(_Precomputed(index.embedder), index.store, workers=1, processes=False,
-                    is_bound=bound, bind=bound.bind)
     report = AddReport()
     report.embedded = 0
     started = time.perf_counter()
     listed = [0]
     pending = pending_items(images, ids, metadata, listed)
+    # the first window before the cluster: bad input fails at once, and no input starts nothing
+    window = list(itertools.islice(pending, engine.window))
+    if not window:
+        report.seconds = time.perf_counter() - started
+        return report, listed[0]
+    ray = connect(engine)
+    plan = _plan(ray, index, engine, batch_size)
+    bound = _Bound(index)
+    ingest = Ingest(_Precomputed(index.embedder), index.store, workers=1, processes=False,
+                    is_bound=bound, bind=bound.bind)
     seen: set[str] = set()
     mentioned: set[str] = set()  # ids shipped so far: a later mention is never written by a worker
     written = _Written()
@@ -403,10 +408,7 @@ def add_many(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-store") as pool:
             writes = _Writes(index.store, bound.bind, pool, report, bar, written)
             try:
-                while True:
-                    window = list(itertools.islice(pending, engine.window))
-                    if not window:
-                        break
+                while window:
                     chunks = [_Chunk(window[start : start + batch_size], next(numbers))
                               for start in range(0, len(window), batch_size)]
                     rows = _ship(ingest, chunks, written, mentioned, plan, replace_metadata)
@@ -417,6 +419,7 @@ def add_many(
                                                                replace_metadata)
                             _drop_written(embedding, direct)
                             writes.write(embedding)
+                    window = list(itertools.islice(pending, engine.window))
                 writes.finish()
             finally:
                 writes.wait()  # the write in flight lands, even after an error

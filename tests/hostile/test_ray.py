@@ -77,3 +77,16 @@ def test_a_cluster_address_nobody_answers_at_is_an_error_not_a_wait(image_files:
     with pytest.raises(ConfigurationError, match=f"cannot connect to the Ray cluster at 127.0.0.1:{port}"):
         index.add_many(sources.from_dir(image_files), engine=RayEngine(address=f"127.0.0.1:{port}"))
     assert not ray.is_initialized()
+
+
+def test_bad_or_no_input_never_starts_a_cluster(image_files: Path) -> None:
+    pytest.importorskip("ray.data")
+    import ray
+
+    before = ray.is_initialized()
+    index = ImageSearchIndex(FakeEmbedder())
+    with pytest.raises(ConfigurationError, match="not a folder path"):
+        index.add_many(str(image_files), engine="ray")  # type: ignore[arg-type]
+    report = index.add_many([], engine="ray")
+    assert report.stored == 0 and not report.failed
+    assert ray.is_initialized() == before
