@@ -72,7 +72,7 @@ from .protocols import Embedder, PendingVectors, VectorStore
 from .sources import Item
 from .types import HASH_FIELD, PATH_FIELD, AddReport, Failure, ImageInput, Record
 
-__all__ = ["Ingest"]
+__all__ = ["Ingest", "read_and_hash"]
 
 
 
@@ -300,8 +300,10 @@ class Ingest:
         return report, listed[0]
 
     # -- stage 1: read + hash ---------------------------------------------------------
-    def _read_and_hash(self, item: Pending, defer_read: bool = False) -> None:
-        """Read bytes and compute id and content hash (runs in a worker thread).
+    @staticmethod
+    def _read_and_hash(item: Pending, defer_read: bool = False) -> None:
+        """Read bytes and compute id and content hash (in a worker thread, or on a Ray
+        worker: :func:`read_and_hash`).
 
         With ``defer_read``, a file only gets its id here: a decode process reads and
         hashes it later (``item.input`` keeps the path).
@@ -614,6 +616,10 @@ class Ingest:
             embedding.pending = pending
         else:
             embedding.vectors = check_vectors(pending.result(), len(items), self.embedder)
+
+
+#: Stage 1 for the Ray engine (:mod:`lookalike.ray_engine`), which runs it on its workers.
+read_and_hash = Ingest._read_and_hash
 
 
 # -- small helpers -----------------------------------------------------------------------

@@ -60,14 +60,19 @@ def _hit_dict(hit: Hit) -> dict[str, Any]:
 
 
 # -- commands ---------------------------------------------------------------------------
-def _expand(source: str, recursive: bool) -> Iterable[Any]:
+def _expand(source: str, recursive: bool, engine: str = "local") -> Iterable[Any]:
     path = Path(source).expanduser()
     if path.is_dir():
         return sources.from_dir(path, recursive=recursive)
     if os.path.lexists(path):  # a file, or a FIFO, device or broken link that add_many reports
         return [path]
     if looks_like_url(source):
-        raise ConfigurationError(f"{quote_name(source)}: {URL_REASON}")
+        if engine == "ray":  # s3://, gs://, file://...: listed here, read by the workers
+            from .ray_engine import from_uri
+
+            return from_uri(source)
+        raise ConfigurationError(f"{quote_name(source)}: {URL_REASON} (with --engine ray, "
+                                 "s3://, gs:// and file:// URLs are read by the workers)")
     if any(ch in source for ch in "*?["):
         return sources.from_glob(source)
     raise ConfigurationError(f"{source!r} is not a file, folder or glob pattern that matches anything")
@@ -104,7 +109,8 @@ def _print_failure(failure: Failure) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    inputs: list[Iterable[Any]] = [_expand(s, args.recursive) for s in args.sources]
+    engine = _engine(args)
+    inputs: list[Iterable[Any]] = [_expand(s, args.recursive, args.engine) for s in args.sources]
     inputs += [sources.from_csv(c) for c in args.csv]
     if not inputs:
         raise ConfigurationError("nothing to index: give folders, files, globs or --csv FILE")
@@ -116,7 +122,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         images = _Chain(inputs)
         report = index.add_many(
             images, metadata=metadata, progress=not args.quiet and not args.json,
-            replace_metadata=args.replace_meta,
+            replace_metadata=args.replace_meta, engine=engine,
         )
         removed = index.remove_missing(report) if args.prune else []
         total = index.count()
@@ -133,6 +139,30 @@ def cmd_index(args: argparse.Namespace) -> int:
         extra = f", removed {len(removed)} missing" if args.prune else ""
         print(f"{report}{extra}; the index holds {total} images")
     return EXIT_PARTIAL if report.failed else 0
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    """``--engine`` and its options: ``None`` (in this process) or a ``RayEngine``."""
+    ray_options = {"--ray-address": args.ray_address, "--gpus-per-worker": args.gpus_per_worker,
+                   "--workers": args.workers}
+    if args.engine != "ray":
+        given = [name for name, value in ray_options.items() if value is not None]
+        if given:
+            raise ConfigurationError(f"{', '.join(given)} only apply with --engine ray")
+        return None
+    from .ray_engine import RayEngine
+
+    return RayEngine(address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
 
 
 class _Chain(sources.Source[Any]):
@@ -294,6 +324,17 @@ def _add_index(sub: Any) -> None:
                    "of the GIL; best on a GPU). auto (default): processes when the model runs on CUDA")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    ray = p.add_argument_group("cluster", "index on a Ray cluster ([ray] extra; see docs/ray.md)")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local (default): in this process; ray: read, decode and embed on a Ray "
+                     "cluster (SOURCE may then be an s3://, gs:// or file:// URL)")
+    ray.add_argument("--ray-address", metavar="ADDR", default=None,
+                     help="the Ray cluster (default: $RAY_ADDRESS, else a local one)")
+    ray.add_argument("--workers", type=positive_int, metavar="N", default=None,
+                     help="model workers (default: one per GPU of the cluster, else half its CPUs)")
+    ray.add_argument("--gpus-per-worker", type=_non_negative, metavar="N", default=None,
+                     help="GPUs per model worker; a fraction shares a GPU (default: 1 when the "
+                     "cluster has GPUs, else 0)")
     add_index_options(p)
     p.set_defaults(func=cmd_index)
 

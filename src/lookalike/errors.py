@@ -83,7 +83,7 @@ class MissingDependencyError(ImageSearchError, ImportError):
 
 #: Extras that install everything another extra does (``[onnx]``, ``[offline]`` and ``[clip]`` bring torch).
 _EXTRA_INCLUDES = {"onnx": frozenset({"torch"}), "offline": frozenset({"torch"}), "clip": frozenset({"torch"}),
-                   "all": frozenset({"torch", "offline", "onnx", "clip", "tencent", "ui", "ann"})}
+                   "all": frozenset({"torch", "offline", "onnx", "clip", "tencent", "ui", "ann", "ray"})}
 
 
 def _needed_extras(extras: Sequence[str]) -> tuple[str, ...]:

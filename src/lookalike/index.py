@@ -23,6 +23,7 @@ from ._processes import DecodeProcesses
 from ._queries import check_min_score, excluded_ids, query_parts, query_vectors, text_embedder
 from .display import SearchResults
 from .errors import ConfigurationError, NotFoundError, SchemaMismatchError
+from .images import looks_like_url
 from .protocols import (
     CheckableStore,
     Embedder,
@@ -46,6 +47,7 @@ from .types import (
 
 if TYPE_CHECKING:
     from .duplicates import DuplicateGroups
+    from .ray_engine import RayEngine
 
 __all__ = ["ImageSearchIndex", "path_id"]
 
@@ -211,11 +213,19 @@ class ImageSearchIndex:
         embedder = self.embedder
         if isinstance(embedder, LoadableEmbedder):  # never bind a store to a model that cannot load
             embedder.load()
+        return self._record_schema(fields)
+
+    def _new_schema(self, fields: Iterable[str] | None) -> Schema:
+        """The schema this index would record for its embedder."""
         if fields is None:
             fields = self._fields if self._fields is not None else DEFAULT_FIELDS
-        schema = Schema(dim=self.embedder.dim, identity=self.embedder.identity, fields=tuple(fields))
-        self.store.create_schema(schema)
-        self._schema = self.store.describe() or schema
+        return Schema(dim=self.embedder.dim, identity=self.embedder.identity, fields=tuple(fields))
+
+    def _record_schema(self, fields: Iterable[str] | None) -> Schema:
+        """Record the schema in a store that has none, the model loaded (here, or on the
+        Ray engine's workers)."""
+        self.store.create_schema(self._new_schema(fields))
+        self._schema = self.store.describe() or self._new_schema(fields)
         return self._schema
 
     @property
@@ -328,6 +338,7 @@ class ImageSearchIndex:
         on_error: str = "skip",
         progress: bool = False,
         replace_metadata: bool = False,
+        engine: str | RayEngine | None = None,
     ) -> AddReport:
         """Embed and store many images, streaming, in batches that commit one by one.
 
@@ -359,6 +370,11 @@ class ImageSearchIndex:
             replace_metadata: the stored metadata of each image becomes exactly what this
                 add gives (plus ``path`` and ``sha256``): fields it does not give are dropped.
                 To change single fields of one record, see :meth:`update`.
+            engine: ``None`` or ``"local"`` (default): in this process. ``"ray"`` or a
+                :class:`~lookalike.ray_engine.RayEngine`: on a Ray cluster (read, decode and
+                embed on its workers, the same records and report; ``pip install
+                'lookalike[ray]'``, see docs/ray.md). Files must then be paths every node
+                sees, or URLs (``lookalike.ray_engine.from_uri("s3://bucket/photos/")``).
 
         Raises:
             ConfigurationError: ``metadata`` sets a reserved field (``path``, ``sha256``)
@@ -379,11 +395,22 @@ class ImageSearchIndex:
             metadata = list(metadata)
             for position, meta in enumerate(metadata):
                 check_user_metadata(meta, f" in metadata[{position}]")
+        on_ray = None
+        if engine is not None and engine != "local":
+            from . import ray_engine
+
+            on_ray = ray_engine.as_engine(engine)
         self._existing_schema()  # a store of another embedder fails before any work
-        report, listed = self._pipeline().add(
-            images, ids=ids, metadata=metadata, batch_size=size, on_error=on_error, progress=progress,
-            replace_metadata=replace_metadata,
-        )
+        if on_ray is not None:
+            report, listed = ray_engine.add_many(
+                self, images, ids=ids, metadata=metadata, batch_size=size, on_error=on_error,
+                progress=progress, replace_metadata=replace_metadata, engine=on_ray,
+            )
+        else:
+            report, listed = self._pipeline().add(
+                images, ids=ids, metadata=metadata, batch_size=size, on_error=on_error, progress=progress,
+                replace_metadata=replace_metadata,
+            )
         if isinstance(images, Source) and not listed:
             warnings.warn(images.empty_message, UserWarning, stacklevel=2)
         return report
@@ -522,14 +549,14 @@ class ImageSearchIndex:
         error, an unmounted share answering with an error) may still exist, so its
         record is kept; with ``report`` (e.g. the :class:`~lookalike.AddReport` of the
         ``add_many`` that just ran) each such file is listed in ``report.failed`` with
-        the reason. Records added from bytes or PIL images (no ``path``) are kept.
+        the reason. Records added from bytes or PIL images (no ``path``) or from URLs are kept.
         """
         if self._existing_schema() is None:
             return []
         gone = []
         for batch in self.store.scan():
             for r in batch:
-                if r.path is None:
+                if r.path is None or looks_like_url(r.path):  # bytes, PIL, or a URL (engine="ray")
                     continue
                 problem = missing_file(r.path)
                 if problem is None:
