@@ -92,6 +92,18 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (Linux), else ru_maxrss.
+
+    Not ru_maxrss on Linux: a child started by vfork + exec inherits the parent's peak
+    in it, so every phase would report at least the parent's (which held the data).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -905,6 +917,9 @@ def main() -> None:
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/...)")
     p.add_argument("--workdir", default=None, help="where data and stores go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
+    p.add_argument(
+        "--table", metavar="JSON", help="print the table of a results file (even a partial one)"
+    )
     p.add_argument("--phase", choices=("insert", "serve"), help=argparse.SUPPRESS)
     p.add_argument("--system", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -913,6 +928,12 @@ def main() -> None:
         cfg = json.loads(Path(args.config).read_text())
         fn = phase_insert if args.phase == "insert" else phase_serve
         print(json.dumps(fn(cfg, args.system)))
+        return
+    if args.table:
+        report = json.loads(Path(args.table).read_text())
+        for entry in report["systems"].values():
+            entry["summary"] = summarise(entry["rounds"])
+        print(table(report))
         return
 
     quick = args.quick

@@ -101,3 +101,15 @@ def test_an_unknown_system_is_refused_before_any_work(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "unknown system(s) milvus" in done.stderr
     assert not (tmp_path / "vectors.npy").exists()
+
+
+def test_a_phase_reports_its_own_peak_rss_not_its_parents() -> None:
+    # ru_maxrss would not do: a child started by vfork + exec inherits the parent's peak
+    ballast = np.ones(256 * 2**20 // 8)  # 256 MB resident in this (the parent) process
+    code = "import store_peers; print(store_peers.peak_rss_mb())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=SCRIPT.parent, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert float(done.stdout) < 200, done.stdout  # numpy alone: about 30 MB
+    assert ballast.sum() == len(ballast)
