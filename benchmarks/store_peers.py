@@ -36,7 +36,9 @@ vectors alike). Per round, for each system in turn (the order rotates each round
 Every measurement stops early after ``--budget`` seconds (then its count says how many
 queries it holds). Figures are medians over rounds. The OS page cache is warm (the files
 were just written or read); "cold" means a new process. Results: a JSON file in
-benchmarks/results/ and a markdown table on stdout.
+benchmarks/results/ (written after every phase) and a markdown table on stdout;
+``--table RESULTS.json`` prints the table of a results file again, even a partial one.
+The exit status is 1 when a system failed (its error is in the JSON; the others still run).
 """
 
 from __future__ import annotations
@@ -218,14 +220,17 @@ def ivf_lists(root: object, queries: np.ndarray) -> dict[str, Any] | None:
 
     Walks the object's attributes (a few levels deep) without knowing the engine's
     layout, so it keeps working when the engine is rewritten; None when there is none.
+    The lists probed are the ``nprobe`` of the object holding the index when it has one
+    (an engine may pass nprobe per search rather than set it on the index), else the
+    index's own.
     """
     faiss = sys.modules.get("faiss")
     if faiss is None:
         return None
     seen: set[int] = set()
-    todo: list[tuple[object, int]] = [(root, 0)]
+    todo: list[tuple[object, int, object]] = [(root, 0, None)]
     while todo:
-        obj, depth = todo.pop()
+        obj, depth, holder = todo.pop()
         if id(obj) in seen or depth > 4:
             continue
         seen.add(id(obj))
@@ -235,11 +240,15 @@ def ivf_lists(root: object, queries: np.ndarray) -> dict[str, Any] | None:
             except RuntimeError:
                 continue
             sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
-            probe = ivf.quantizer.search(np.ascontiguousarray(queries), ivf.nprobe)[1]
+            nprobe = getattr(holder, "nprobe", None)
+            if not isinstance(nprobe, int) or isinstance(nprobe, bool) or nprobe < 1:
+                nprobe = int(ivf.nprobe)
+            nprobe = min(nprobe, int(ivf.nlist))
+            probe = ivf.quantizer.search(np.ascontiguousarray(queries), nprobe)[1]
             codes = sizes[probe].sum(1)
             return {
                 "nlist": int(ivf.nlist),
-                "nprobe": int(ivf.nprobe),
+                "nprobe": nprobe,
                 "list_largest": int(sizes.max()),
                 "list_median": float(np.median(sizes)),
                 "list_mean": float(sizes.mean()),
@@ -253,7 +262,9 @@ def ivf_lists(root: object, queries: np.ndarray) -> dict[str, Any] | None:
             children = list(obj)
         elif hasattr(obj, "__dict__") and not isinstance(obj, type):
             children = list(vars(obj).values())
-        todo.extend((c, depth + 1) for c in children if not isinstance(c, (str, bytes, int)))
+        todo.extend(
+            (c, depth + 1, obj) for c in children if not isinstance(c, (str, bytes, int, float))
+        )
     return None
 
 

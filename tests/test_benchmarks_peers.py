@@ -113,3 +113,33 @@ def test_a_phase_reports_its_own_peak_rss_not_its_parents() -> None:
     )  # fmt: skip
     assert float(done.stdout) < 200, done.stdout  # numpy alone: about 30 MB
     assert ballast.sum() == len(ballast)
+
+
+def test_ivf_list_sizes_and_codes_scanned_are_read_from_inside_a_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    faiss = pytest.importorskip("faiss")
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import store_peers
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((600, 16)).astype(np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 12, faiss.METRIC_INNER_PRODUCT)
+    index.train(data)
+    index.add(data)
+
+    class Ann:  # an engine passing nprobe per search: the holder's nprobe counts
+        def __init__(self) -> None:
+            self.index, self.nprobe = index, 3
+
+    store = type("Store", (), {})()
+    store.mirror = {"ann": [Ann()]}
+    queries = data[:5]
+    got = store_peers.ivf_lists(store, queries)
+    sizes = np.array([index.invlists.list_size(i) for i in range(12)])
+    probed = index.quantizer.search(queries, 3)[1]
+    assert got is not None and sizes.sum() == 600
+    assert (got["nlist"], got["nprobe"], got["list_largest"]) == (12, 3, sizes.max())
+    assert got["codes_per_query_mean"] == pytest.approx(sizes[probed].sum(1).mean())
+    assert got["codes_per_query_max"] == sizes[probed].sum(1).max()
+    assert store_peers.ivf_lists(type("Plain", (), {})(), queries) is None
