@@ -143,3 +143,17 @@ def test_ivf_list_sizes_and_codes_scanned_are_read_from_inside_a_store(
     assert got["codes_per_query_mean"] == pytest.approx(sizes[probed].sum(1).mean())
     assert got["codes_per_query_max"] == sizes[probed].sum(1).max()
     assert store_peers.ivf_lists(type("Plain", (), {})(), queries) is None
+
+
+def test_a_system_that_fails_is_reported_and_the_run_exits_1(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    done = _run(
+        "--quick", "--n", "50", "--queries", "5", "--systems", "lookalike", "--timeout", "0.01",
+        "--out", str(out), "--workdir", str(tmp_path / "work"), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed: lookalike" in done.stderr
+    report = json.loads(out.read_text())
+    summary = report["systems"]["lookalike"]["summary"]
+    assert summary["errors"] == ["timed out after 0 s"]
+    assert "timed out after 0 s" in report["table"].splitlines()[-1]
