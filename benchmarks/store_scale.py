@@ -92,12 +92,13 @@ class Synthetic:
     100 super-clusters (themes), each holding n/100 / 50 clusters (near-duplicate groups)
     whose centres sit close together, with per-cluster spread: a query's ten nearest
     neighbours straddle several clusters and several inverted lists, as in a photo library.
+    ``clusters`` fixes their number (``store_peers.py`` uses 1,000 at every size).
     """
 
-    def __init__(self, n: int, dim: int) -> None:
+    def __init__(self, n: int, dim: int, clusters: int | None = None) -> None:
         rng = np.random.default_rng(7)
         self.dim = dim
-        self.clusters = max(1000, n // 50)
+        self.clusters = clusters or max(1000, n // 50)
         supers = rng.standard_normal((100, dim)).astype(np.float32)
         supers /= np.linalg.norm(supers, axis=1, keepdims=True)
         mean = rng.standard_normal(dim).astype(np.float32)
