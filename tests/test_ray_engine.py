@@ -247,6 +247,7 @@ def test_decode_tasks_make_a_torch_models_pixels_without_loading_it(photos: Path
     """What a decode task runs (called here, in this process): the model's weights cannot
     load, yet every image gets its pixels, exactly the recipe's, and the corrupt file its reason."""
     from lookalike.images import load_image
+    from lookalike.preprocess import ImagePreprocess
     from lookalike.ray_engine import _prepare
 
     files = [*sorted((photos / "a").glob("*.jpg"))[:2], photos / "b" / "corrupt.jpg"]
@@ -257,6 +258,7 @@ def test_decode_tasks_make_a_torch_models_pixels_without_loading_it(photos: Path
              "uri": text([""] * n), "data": text([b""] * n), "known": text([""] * n)}
     out = _prepare(batch, WorkerSpec("tests.ray_helpers:unloadable_torch"))
     recipe = unloadable_torch().spec.preprocess
+    assert isinstance(recipe, ImagePreprocess)
     assert list(out["ready"]) == [True, True, False] and out["error"][2]
     for i in range(2):
         assert not out["error"][i] and len(out["sha256"][i]) == 64

@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 from lookalike.embedders import EfficientNetLite0Embedder, TorchEmbedder  # noqa: E402
 from lookalike.embedders.spec import ModelSpec  # noqa: E402
 from lookalike.embedders.torchvision import imagenet_preprocess  # noqa: E402
+from lookalike.preprocess import ImagePreprocess  # noqa: E402
 
 THREADS = 8
 
@@ -96,6 +97,7 @@ def test_pixels_run_the_specs_preprocessing_without_loading_the_model() -> None:
     must not build the model (weights and all) just to resize and crop."""
     emb = Counting(works=False)  # a load would fail: none may happen
     recipe = emb.spec.preprocess
+    assert isinstance(recipe, ImagePreprocess)
     images = [make_image(i, size=(60 + i, 45)) for i in range(3)]
     for image in images:
         np.testing.assert_array_equal(emb.pixels(image), recipe.pixels(image))
