@@ -132,7 +132,7 @@ def test_the_python_api_gives_the_same_reason(no_cuda: None) -> None:
     (["--runtime", "onnx-int8", "--calibration", "x"],
      "--jpeg-decode gpu needs --runtime torch on CUDA; --runtime onnx-int8 runs on the CPU"),
     (["--embedder", "fake", "--device", "cuda"],
-     "--jpeg-decode gpu runs a torch model on CUDA; the fake embedder has no model"),
+     "--jpeg-decode gpu runs a torch model on CUDA; 'fake:v1"),
     (["--engine", "ray"], "--jpeg-decode gpu does not apply with --engine ray"),
 ])
 def test_gpu_where_it_cannot_apply(capsys: pytest.CaptureFixture[str], tmp_path: Path, image_dir: Path,
@@ -151,6 +151,17 @@ def test_search_refuses_it_with_onnx_in_the_spelling_typed(capsys: pytest.Captur
     code, _, err = run(capsys, "search", str(image_dir / "a" / "img00.jpg"), "--store", str(store),
                        "--runtime", "onnx-fp32", "--jpeg-decode", "gpu")
     assert code == 1 and "--runtime onnx-fp32 runs on the CPU" in one_error_line(err)
+
+
+def test_gpu_with_a_store_the_fake_built_is_refused_too(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                        image_dir: Path) -> None:
+    store = str(tmp_path / "s.lookalike")
+    assert main(["index", str(image_dir / "a"), "--store", store, "--embedder", "fake", "-q"]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "index", str(image_dir), "--store", store, "--device", "cuda", "--jpeg-decode", "gpu")
+    assert code == 1 and "--jpeg-decode gpu runs a torch model on CUDA; 'fake:v1" in one_error_line(err)
+    with LocalStore(store) as opened:
+        assert opened.count() == 6  # nothing added
 
 
 def test_auto_and_cpu_leave_other_embedders_alone(capsys: pytest.CaptureFixture[str], tmp_path: Path,

@@ -60,8 +60,7 @@ def _clip(**kw: Any) -> Embedder:
 def _fake(**kw: Any) -> Embedder:
     from .embedders.fake import FakeEmbedder
 
-    if kw.pop("decode", "cpu") == "gpu":
-        raise ConfigurationError("--jpeg-decode gpu runs a torch model on CUDA; the fake embedder has no model")
+    kw.pop("decode", None)  # --jpeg-decode gpu: refused by _with_runtime
     kw.pop("device", None)
     kw.pop("precision", None)
     kw.pop("batch_size", None)
@@ -266,6 +265,12 @@ def _with_runtime(
     if jpeg_decode != "cpu" and not onnx:  # "cpu": each embedder's own default
         options["decode"] = jpeg_decode
     embedder = build(**options)
+    if jpeg_decode == "gpu" and not onnx:
+        from .embedders._torch import TorchEmbedder  # torch-free until a model loads
+
+        if not isinstance(embedder, TorchEmbedder):  # the fake, also when rebuilt from a store
+            raise ConfigurationError(f"--jpeg-decode gpu runs a torch model on CUDA; {embedder.identity!r} "
+                                     "is not one")
     return with_onnx(embedder, onnx, calibration) if onnx else embedder
 
 
