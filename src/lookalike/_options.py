@@ -134,8 +134,8 @@ def check_jpeg_decode(args: argparse.Namespace, runtimes: Sequence[str]) -> None
     compares several: refused before the first row runs, not at the ONNX one)."""
     onnx = [runtime for runtime in runtimes if RUNTIMES.get(runtime)]
     if args.jpeg_decode == "gpu" and onnx:
-        named = "--onnx " + onnx[0].removeprefix("onnx-") if getattr(args, "runtime_spelling", "--runtime") == \
-            "--onnx" else f"--runtime {onnx[0]}"
+        spelling = getattr(args, "runtime_spelling", "--runtime")
+        named = f"--onnx {onnx[0].removeprefix('onnx-')}" if spelling == "--onnx" else f"--runtime {onnx[0]}"
         raise ConfigurationError(f"--jpeg-decode gpu needs --runtime torch on CUDA; {named} runs on the CPU")
 
 

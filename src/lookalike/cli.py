@@ -325,7 +325,7 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--decode", choices=["auto", "threads", "processes"], default="auto",
                    help="where images are read and decoded: worker threads, or worker processes (free "
                    "of the GIL; best on a GPU). auto (default): processes when the model runs on CUDA. "
-                   "--jpeg-decode gpu moves the JPEGs' decoding onto the GPU (the others stay here)")
+                   "--jpeg-decode gpu moves JPEG decoding onto the GPU; other files still decode here")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     ray = p.add_argument_group("cluster", "index on a Ray cluster ([ray] extra; see docs/ray.md)")
