@@ -12,7 +12,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from lookalike.embedders._torch import TorchEmbedder
 from lookalike.embedders.fake import FakeEmbedder
+from lookalike.embedders.spec import ModelSpec
+from lookalike.errors import ModelLoadError
+from lookalike.preprocess import ImagePreprocess
 from lookalike.ray_engine import WorkerSpec
 
 
@@ -70,3 +74,14 @@ class PixelFake(FakeEmbedder):
         from PIL import Image
 
         return super().embed([Image.fromarray(np.asarray(item)) for item in items])
+
+
+def _no_weights() -> Any:
+    raise ModelLoadError("the weights cannot be read here (a decode task must never load them)")
+
+
+def unloadable_torch() -> TorchEmbedder:
+    """A torch model whose weights cannot load: a decode task still makes its pixels."""
+    recipe = ImagePreprocess(32, 28, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return TorchEmbedder(ModelSpec(identity="no-weights-on-workers:v1", dim=4, preprocess=recipe,
+                                   build=_no_weights), device="cpu")

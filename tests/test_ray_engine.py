@@ -29,7 +29,7 @@ from lookalike.ray_engine import RayEngine, WorkerSpec, embedder_spec, from_uri,
 from lookalike.stores import InMemoryStore, LocalStore  # noqa: E402
 from lookalike.testing import make_images  # noqa: E402
 
-from .ray_helpers import KillingFake, OtherFake, PixelFake  # noqa: E402
+from .ray_helpers import KillingFake, OtherFake, PixelFake, unloadable_torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TENCENT_KEY = "fake-key-Ray-77q"
@@ -241,6 +241,28 @@ def test_specs_name_models_and_stores_never_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="package.module:factory"):
         WorkerSpec("nonsense").build()
     pickle.dumps(embedder_spec(FakeEmbedder()))
+
+
+def test_decode_tasks_make_a_torch_models_pixels_without_loading_it(photos: Path) -> None:
+    """What a decode task runs (called here, in this process): the model's weights cannot
+    load, yet every image gets its pixels, exactly the recipe's, and the corrupt file its reason."""
+    from lookalike.images import load_image
+    from lookalike.preprocess import ImagePreprocess
+    from lookalike.ray_engine import _prepare
+
+    files = [*sorted((photos / "a").glob("*.jpg"))[:2], photos / "b" / "corrupt.jpg"]
+    n = len(files)
+    text = lambda values: np.array(values, dtype=object)  # noqa: E731
+    batch = {"chunk": np.zeros(n, dtype=np.int64), "place": np.arange(n), "id": text([f.name for f in files]),
+             "meta": text([""] * n), "source": text([str(f) for f in files]), "path": text([str(f) for f in files]),
+             "uri": text([""] * n), "data": text([b""] * n), "known": text([""] * n)}
+    out = _prepare(batch, WorkerSpec("tests.ray_helpers:unloadable_torch"))
+    recipe = unloadable_torch().spec.preprocess
+    assert isinstance(recipe, ImagePreprocess)
+    assert list(out["ready"]) == [True, True, False] and out["error"][2]
+    for i in range(2):
+        assert not out["error"][i] and len(out["sha256"][i]) == 64
+        np.testing.assert_array_equal(out["pixels"][i], recipe.pixels(load_image(files[i])))
 
 
 def test_the_workers_model_must_be_the_index_model(cluster: Any, image_files: Path) -> None:

@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigurationError
-from .registry import EMBEDDERS, RUNTIMES, default_store_path
+from .registry import EMBEDDERS, JPEG_DECODES, RUNTIMES, default_store_path
 
 __all__ = [
     "add_batch_size_option",
     "add_model_options",
     "add_store_option",
     "check_calibration",
+    "check_jpeg_decode",
     "model_options",
     "positive_int",
 ]
@@ -72,7 +73,8 @@ def add_model_options(
     embedder_default: str = "the one that built the store, else resnet50; efficientnet-lite0 works offline",
     calibration_advice: str = "pass the same folder to later commands to reuse the quantized model",
 ) -> None:
-    """--embedder, --device, --precision, --streams, --runtime (alias --onnx), --calibration.
+    """--embedder, --device, --precision, --streams, --runtime (alias --onnx), --calibration,
+    --jpeg-decode.
     ``compare``: --embedder and --runtime may be repeated (``eval`` compares them).
     ``spelling``: how messages name the runtime option unless the user typed one: the
     commands that taught ``--onnx`` in 0.1 (index, search, serve) keep saying it."""
@@ -108,6 +110,13 @@ def add_model_options(
         help=f"images for --runtime onnx-int8 to calibrate on (up to 100, spread over the folder); "
         f"{calibration_advice}",
     )
+    parser.add_argument(
+        "--jpeg-decode", choices=list(JPEG_DECODES), default="cpu",
+        help="where indexing decodes JPEG files for a torch model (resnet50, efficientnet-lite0, "
+        "torchvision:, clip:): cpu (default), with Pillow; gpu, on the CUDA device the model runs on "
+        "(other files still go through Pillow; needs --runtime torch); auto: the GPU where that can "
+        "run, else the CPU. Query images are always decoded with Pillow",
+    )
 
 
 def check_calibration(args: argparse.Namespace, runtimes: Sequence[str]) -> None:
@@ -120,14 +129,26 @@ def check_calibration(args: argparse.Namespace, runtimes: Sequence[str]) -> None
         raise ConfigurationError(f"--calibration is only used with {first} ({other})")
 
 
+def check_jpeg_decode(args: argparse.Namespace, runtimes: Sequence[str]) -> None:
+    """Refuse ``--jpeg-decode gpu`` with an ONNX runtime among ``runtimes`` (``eval``
+    compares several: refused before the first row runs, not at the ONNX one)."""
+    onnx = [runtime for runtime in runtimes if RUNTIMES.get(runtime)]
+    if args.jpeg_decode == "gpu" and onnx:
+        spelling = getattr(args, "runtime_spelling", "--runtime")
+        named = f"--onnx {onnx[0].removeprefix('onnx-')}" if spelling == "--onnx" else f"--runtime {onnx[0]}"
+        raise ConfigurationError(f"--jpeg-decode gpu needs --runtime torch on CUDA; {named} runs on the CPU")
+
+
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The shared model options of ``args`` as keyword arguments of
     :func:`~lookalike.registry.open_index` (``--runtime``: a single one)."""
     check_calibration(args, [args.runtime])
+    check_jpeg_decode(args, [args.runtime])
     return {
         "device": args.device,
         "precision": args.precision,
         "streams": args.streams,
         "runtime": args.runtime,
         "calibration": args.calibration,
+        "jpeg_decode": args.jpeg_decode,
     }

@@ -150,6 +150,9 @@ def _engine(args: argparse.Namespace) -> Any:
         if given:
             raise ConfigurationError(f"{', '.join(given)} only apply with --engine ray")
         return None
+    if args.jpeg_decode == "gpu":
+        raise ConfigurationError("--jpeg-decode gpu does not apply with --engine ray: its CPU tasks decode "
+                                 "the images (drop --jpeg-decode, or index with --engine local)")
     from .ray_engine import RayEngine
 
     return RayEngine(address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
@@ -321,7 +324,8 @@ def _add_index(sub: Any) -> None:
     add_batch_size_option(p)
     p.add_argument("--decode", choices=["auto", "threads", "processes"], default="auto",
                    help="where images are read and decoded: worker threads, or worker processes (free "
-                   "of the GIL; best on a GPU). auto (default): processes when the model runs on CUDA")
+                   "of the GIL; best on a GPU). auto (default): processes when the model runs on CUDA. "
+                   "--jpeg-decode gpu moves JPEG decoding onto the GPU; other files still decode here")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     ray = p.add_argument_group("cluster", "index on a Ray cluster ([ray] extra; see docs/ray.md)")

@@ -669,39 +669,12 @@ _BUILT: dict[WorkerSpec, Ingest] = {}
 
 def _worker_ingest(spec: WorkerSpec) -> Ingest:
     """The decode stage of one worker process, built once from the spec (no model loads:
-    ``pixels`` needs only the preprocessing)."""
+    ``pixels`` needs only the preprocessing, and a torch model's comes from its spec)."""
     key = WorkerSpec(spec.target, _Frozen(spec.options))
     if key not in _BUILT:
-        _BUILT[key] = Ingest(_preprocessing(spec.build()), _NoStore(), workers=1, processes=False,
+        _BUILT[key] = Ingest(spec.build(), _NoStore(), workers=1, processes=False,
                              is_bound=lambda: False, bind=lambda: None)
     return _BUILT[key]
-
-
-def _preprocessing(embedder: Embedder) -> Embedder:
-    """What a decode task needs of the model: a torch model's per-image preprocessing,
-    without its weights (``TorchEmbedder.pixels`` would load the model in every decode
-    process); any other embedder as it is."""
-    from .embedders._torch import TorchEmbedder  # torch-free: torch is imported at load
-    from .preprocess import ImagePreprocess
-
-    if isinstance(embedder, TorchEmbedder) and isinstance(embedder.spec.preprocess, ImagePreprocess):
-        return _Pixels(embedder, embedder.spec.preprocess)
-    return embedder
-
-
-class _Pixels:
-    """A torch model's preprocessing alone (``pixels`` as ``TorchEmbedder.pixels`` makes them)."""
-
-    def __init__(self, embedder: Embedder, preprocess: Any) -> None:
-        self.dim, self.identity = embedder.dim, embedder.identity
-        self.image_size: int | None = getattr(embedder, "image_size", None)
-        self.pixels = preprocess.pixels
-
-    def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
-        raise ConfigurationError("a decode task does not embed")
-
-    def embed_pixels(self, items: Sequence[Any]) -> NDArray[np.float32]:
-        raise ConfigurationError("a decode task does not embed")
 
 
 class _Frozen(dict[str, Any]):

@@ -18,6 +18,7 @@ from .types import Schema
 
 __all__ = [
     "EMBEDDERS",
+    "JPEG_DECODES",
     "RUNTIMES",
     "check_onnx_options",
     "decode_in_processes",
@@ -59,6 +60,7 @@ def _clip(**kw: Any) -> Embedder:
 def _fake(**kw: Any) -> Embedder:
     from .embedders.fake import FakeEmbedder
 
+    kw.pop("decode", None)  # --jpeg-decode gpu: refused by _with_runtime
     kw.pop("device", None)
     kw.pop("precision", None)
     kw.pop("batch_size", None)
@@ -225,6 +227,9 @@ def _store_scheme(text: str) -> str:
 # -- building an index -----------------------------------------------------------------
 #: ``--runtime`` values: who runs the model (``--onnx fp32|int8`` is the older spelling).
 RUNTIMES: dict[str, str | None] = {"torch": None, "onnx-fp32": "fp32", "onnx-int8": "int8"}
+#: ``--jpeg-decode`` values: where ``add_many`` decodes JPEG files for a torch model (the
+#: torch embedders' ``decode=``; docs/performance.md, "GPU JPEG decode").
+JPEG_DECODES = ("cpu", "gpu", "auto")
 
 
 def make_model(
@@ -235,12 +240,13 @@ def make_model(
     streams: int | None = None,
     runtime: str = "torch",
     calibration: str | os.PathLike[str] | None = None,
+    jpeg_decode: str = "cpu",
 ) -> Embedder:
     """The embedder ``name`` (see :func:`make_embedder`) with the shared model options:
-    the ``--device``, ``--precision``, ``--streams``, ``--runtime`` and ``--calibration``
-    of every command that runs a model."""
+    the ``--device``, ``--precision``, ``--streams``, ``--runtime``, ``--calibration`` and
+    ``--jpeg-decode`` (the torch embedders' ``decode=``) of every command that runs a model."""
     return _with_runtime(lambda **options: make_embedder(name, **options), device, precision,
-                         streams, runtime, calibration)
+                         streams, runtime, calibration, jpeg_decode)
 
 
 def _with_runtime(
@@ -250,18 +256,58 @@ def _with_runtime(
     streams: int | None,
     runtime: str,
     calibration: str | os.PathLike[str] | None,
+    jpeg_decode: str,
 ) -> Embedder:
+    onnx = _check_model_options(device, runtime, calibration, jpeg_decode)
+    options: dict[str, Any] = {"device": "cpu" if onnx else device, "precision": precision}
+    if streams is not None:
+        options["streams"] = streams
+    if jpeg_decode != "cpu" and not onnx:  # "cpu": each embedder's own default
+        options["decode"] = jpeg_decode
+    embedder = build(**options)
+    if jpeg_decode == "gpu" and not onnx:
+        from .embedders._torch import TorchEmbedder  # torch-free until a model loads
+
+        if not isinstance(embedder, TorchEmbedder):  # the fake, also when rebuilt from a store
+            raise ConfigurationError(f"--jpeg-decode gpu runs a torch model on CUDA; {embedder.identity!r} "
+                                     "is not one")
+    return with_onnx(embedder, onnx, calibration) if onnx else embedder
+
+
+def _check_model_options(
+    device: str, runtime: str, calibration: str | os.PathLike[str] | None, jpeg_decode: str
+) -> str | None:
+    """The model options' mistakes that need no model, before any is built or any store
+    file made; the ONNX Runtime flavour of ``runtime`` (``None``: torch)."""
     if runtime not in RUNTIMES:
         raise ConfigurationError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     onnx = RUNTIMES[runtime]
     if onnx and device not in ("auto", "cpu"):
         raise ConfigurationError(f"--onnx runs on the CPU; drop --device {device}")
     check_onnx_options(onnx, calibration)
-    options: dict[str, Any] = {"device": "cpu" if onnx else device, "precision": precision}
-    if streams is not None:
-        options["streams"] = streams
-    embedder = build(**options)
-    return with_onnx(embedder, onnx, calibration) if onnx else embedder
+    if jpeg_decode not in JPEG_DECODES:
+        raise ConfigurationError(f"unknown --jpeg-decode {jpeg_decode!r}; use one of {', '.join(JPEG_DECODES)}")
+    if jpeg_decode == "gpu" and onnx:
+        raise ConfigurationError(f"--jpeg-decode gpu needs --runtime torch on CUDA; --runtime {runtime} runs "
+                                 "on the CPU")
+    if jpeg_decode == "gpu" and device != "auto" and not str(device).startswith("cuda"):
+        raise ConfigurationError(f"--jpeg-decode gpu cannot run: the model runs on the CPU (--device {device}); "
+                                 "it needs a CUDA device (--jpeg-decode auto uses the GPU where there is one)")
+    if jpeg_decode == "gpu" and device == "auto" and not _cuda_available():
+        raise ConfigurationError("--jpeg-decode gpu cannot run: the model runs on the CPU (CUDA is not "
+                                 "available); it needs a CUDA device (--jpeg-decode auto uses the GPU "
+                                 "where there is one)")
+    return onnx
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a CUDA device (``True`` without torch: building the model then
+    says which extra is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return True
+    return bool(torch.cuda.is_available())
 
 
 def open_existing(spec: str | os.PathLike[str] | None) -> VectorStore:
@@ -287,6 +333,7 @@ def open_index(
     streams: int | None = None,
     runtime: str = "torch",
     calibration: str | os.PathLike[str] | None = None,
+    jpeg_decode: str = "cpu",
     decode: str = "threads",
     batch_size: int | None = None,
     fields: Sequence[str] | None = None,
@@ -302,8 +349,8 @@ def open_index(
         create: the store may be new (``lookalike index``).
         model: ``False`` for commands that never embed (``info``, ``delete``, ``check``): the
             index names the store's model without building or loading it.
-        device, precision, streams, runtime, calibration: the shared model options
-            (see :func:`make_model`).
+        device, precision, streams, runtime, calibration, jpeg_decode: the shared model
+            options (see :func:`make_model`).
         decode: ``threads``, ``processes`` or ``auto`` (see :func:`decode_in_processes`).
         batch_size, fields: passed to :class:`~lookalike.ImageSearchIndex`.
     """
@@ -315,8 +362,10 @@ def open_index(
         if embedder is not None and not isinstance(embedder, str):
             return embedder
         return _with_runtime(lambda **options: _named_model(embedder, opened, create, store, **options),
-                             device, precision, streams, runtime, calibration)
+                             device, precision, streams, runtime, calibration, jpeg_decode)
 
+    if model and (embedder is None or isinstance(embedder, str)):
+        _check_model_options(device, runtime, calibration, jpeg_decode)  # before a store file is made
     # a named model is built (and its options checked) before a new store file is made
     chosen = build(None) if create and model and isinstance(embedder, str) else None
     if isinstance(store, (str, os.PathLike)) or store is None:

@@ -158,6 +158,33 @@ def test_add_many_with_gpu_decode_matches_the_cpu_decode(tmp_path: Path) -> None
     assert _cosines(va, vb).min() > 0.99
 
 
+def test_cli_jpeg_decode_gpu_indexes_through_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lookalike.registry
+    from lookalike.cli import main
+    from lookalike.stores import LocalStore
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _jpeg_files(folder, 12)
+    _pictures(1, offset=99)[0].save(folder / "picture.png")  # left to Pillow
+    built: list[ImageSearchIndex] = []
+    monkeypatch.setattr(lookalike.registry, "ImageSearchIndex",
+                        lambda *a, **k: built.append(ImageSearchIndex(*a, **k)) or built[-1])
+    found = {}
+    for decode in ("gpu", "cpu"):
+        store = tmp_path / f"{decode}.lookalike"
+        assert main(["index", str(folder), "--store", str(store), "--embedder", "resnet50-random",
+                     "--device", "cuda", "--precision", "fp32", "--decode", "threads",
+                     "--jpeg-decode", decode, "-q"]) == 0
+        decoder = built[-1].embedder.jpeg_decoder  # type: ignore[attr-defined]
+        assert (decoder.taken == 12) if decode == "gpu" else decoder is None
+        with LocalStore(store) as opened:
+            found[decode] = {r.id: r.vector for batch in opened.scan() for r in batch}
+    assert sorted(found["gpu"]) == sorted(found["cpu"]) and len(found["cpu"]) == 13
+    ids = sorted(found["cpu"])
+    assert _cosines(np.stack([found["gpu"][i] for i in ids]), np.stack([found["cpu"][i] for i in ids])).min() > 0.99
+
+
 def test_gpu_decode_memory_stays_flat_along_a_stream(tmp_path: Path) -> None:
     from lookalike.sources import Item
 

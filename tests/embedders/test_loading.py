@@ -3,10 +3,12 @@ every extra a feature needs (#14)."""
 
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 
 from lookalike import ImageSearchIndex, MissingDependencyError, ModelLoadError
@@ -19,6 +21,7 @@ torch = pytest.importorskip("torch")
 from lookalike.embedders import EfficientNetLite0Embedder, TorchEmbedder  # noqa: E402
 from lookalike.embedders.spec import ModelSpec  # noqa: E402
 from lookalike.embedders.torchvision import imagenet_preprocess  # noqa: E402
+from lookalike.preprocess import ImagePreprocess  # noqa: E402
 
 THREADS = 8
 
@@ -46,15 +49,15 @@ class Counting(TorchEmbedder):
 
 
 def _from_threads(emb: Counting) -> list[BaseException | None]:
-    """``emb.prepare`` called from THREADS threads, all of them asking while the first
-    load is still running (no sleeps: the load waits until every thread has started)."""
+    """``emb.embed`` of one image called from THREADS threads, all of them asking while the
+    first load is still running (no sleeps: the load waits until every thread has started)."""
     started = threading.Barrier(THREADS + 1)
     outcomes: list[BaseException | None] = [None] * THREADS
 
     def ask(i: int) -> None:
         started.wait()
         try:
-            emb.prepare(make_image(i))
+            emb.embed([make_image(i)])
         except BaseException as exc:
             outcomes[i] = exc
 
@@ -87,6 +90,43 @@ def test_a_failed_load_is_remembered_and_raised_again_at_once() -> None:
             call()
         assert info.value is first
     assert emb.loads == 1
+
+
+def test_pixels_run_the_specs_preprocessing_without_loading_the_model() -> None:
+    """Decode threads, processes and Ray tasks call ``pixels``/``pixel_function``: they
+    must not build the model (weights and all) just to resize and crop."""
+    emb = Counting(works=False)  # a load would fail: none may happen
+    recipe = emb.spec.preprocess
+    assert isinstance(recipe, ImagePreprocess)
+    images = [make_image(i, size=(60 + i, 45)) for i in range(3)]
+    for image in images:
+        np.testing.assert_array_equal(emb.pixels(image), recipe.pixels(image))
+        np.testing.assert_array_equal(emb.prepare(image), recipe.pixels(image))  # 0.1's name
+    function = emb.pixel_function()
+    assert function is not None and emb.process_prepare() is not None
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(function))(images[0]), recipe.pixels(images[0]))
+    assert emb.loads == 0
+    with pytest.raises(ModelLoadError):  # embedding is what loads the model
+        emb.embed_pixels([emb.pixels(image) for image in images])
+    assert emb.loads == 1
+
+
+def test_pixels_of_a_custom_preprocess_callable_load_nothing() -> None:
+    built: list[int] = []
+
+    def build() -> Any:
+        built.append(1)
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    def preprocess(image: Any) -> Any:
+        return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)
+
+    emb = TorchEmbedder(ModelSpec(identity="custom-pre:v1", dim=3, preprocess=preprocess, build=build),
+                        device="cpu", precision="fp32", streams=1)
+    image = make_image(1)
+    assert torch.equal(emb.pixels(image), preprocess(image)) and emb.pixel_function() is None
+    assert built == []
+    assert emb.embed_pixels([emb.pixels(image)]).shape == (1, 3) and built == [1]
 
 
 def test_add_many_with_a_model_that_cannot_load_tries_once() -> None:

@@ -424,17 +424,16 @@ class TorchEmbedder:
         With the built-in :class:`ImagePreprocess` this is Pillow resize + crop to a
         ``(crop, crop, 3)`` uint8 array (no torch, GIL mostly released); with a custom
         ``preprocess`` callable it is that callable's tensor. Pass a list of these to
-        :meth:`embed_pixels`.
+        :meth:`embed_pixels`. Loads nothing: the preprocessing comes from the spec, so
+        decode threads, processes and Ray tasks never build the model or read its weights.
         """
-        self._ensure_ready()
         if isinstance(self._preprocess, ImagePreprocess):
             return self._preprocess.pixels(image)
         return self._preprocess(image)
 
     def pixel_function(self) -> Callable[[Image.Image], Any] | None:
         """:meth:`pixels` as a picklable callable that needs no torch, for decode worker
-        processes; ``None`` when the preprocessing is a custom callable."""
-        self._ensure_ready()
+        processes; ``None`` when the preprocessing is a custom callable. Loads nothing."""
         if isinstance(self._preprocess, ImagePreprocess):
             return self._preprocess.pixels
         return None

@@ -297,8 +297,10 @@ class ClipEmbedder(TorchEmbedder):
             downloaded once into open_clip's cache; a local checkpoint file (e.g.
             ``open_clip_pytorch_model.bin``); or ``None`` for random weights (seeded; tests
             only, never chosen silently).
-        device, precision, batch_size, streams: see :class:`TorchEmbedder`; ``precision``
+        device, precision, batch_size, streams, decode: see :class:`TorchEmbedder`; ``precision``
             defaults to ``"auto"``; the text tower runs in the precision the image tower chose.
+            ``decode="gpu"`` needs a model whose preprocessing is resize + centre crop
+            (ViT-B-32 and most others; a model with another open_clip transform is refused).
 
     The identity names model (and a hash of its config), weights, preprocessing and
     tokenizer, so a CLIP store refuses any other model and other stores refuse it.
@@ -319,12 +321,14 @@ class ClipEmbedder(TorchEmbedder):
         precision: str = "auto",
         batch_size: int | None = None,
         streams: int | None = None,
+        decode: str = "cpu",
     ) -> None:
         spec, text = clip_spec(model, weights)
         self.model_name = model
         self.context_length = text.context_length
         self._tokenizer: Any = None
-        super().__init__(spec, device=device, precision=precision, batch_size=batch_size, streams=streams)
+        super().__init__(spec, device=device, precision=precision, batch_size=batch_size, streams=streams,
+                         decode=decode)
 
     def tokenize(self, texts: Sequence[str]) -> Any:
         """open_clip's tokens of ``texts``: a ``(len(texts), context_length)`` int64 tensor

@@ -8,7 +8,12 @@ import sys
 from typing import Any
 
 from .._checks import positive_int
-from .._options import add_batch_size_option, add_model_options, check_calibration
+from .._options import (
+    add_batch_size_option,
+    add_model_options,
+    check_calibration,
+    check_jpeg_decode,
+)
 from ..errors import ConfigurationError, quote_name
 from ..registry import RUNTIMES, check_onnx_options, make_model, open_index
 from ..sources import Item
@@ -80,6 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigurationError("--store holds one embedder's vectors; leave it out to compare several")
     runtimes = args.runtime or ["torch"]
     check_calibration(args, runtimes)
+    check_jpeg_decode(args, runtimes)
     if "onnx-int8" in runtimes:
         check_onnx_options("int8", args.calibration)
     if args.store is not None and len(runtimes) > 1:
@@ -99,7 +105,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         onnx = RUNTIMES[runtime]
         embedder = make_model(name, device="cpu" if onnx else args.device, precision=args.precision,
                               streams=args.streams, runtime=runtime,
-                              calibration=args.calibration if onnx == "int8" else None)
+                              calibration=args.calibration if onnx == "int8" else None,
+                              jpeg_decode=args.jpeg_decode)
         label = name if onnx is None else f"{name} {runtime}"
         store = args.store if args.store is not None else InMemoryStore()
         with open_index(store, embedder, create=True, batch_size=args.batch_size) as index:
