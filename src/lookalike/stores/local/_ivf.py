@@ -18,11 +18,12 @@ centroids, whatever its size; :meth:`IvfIndex.verify` reads it all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ _MAGIC = b"LOOKALIKE-ANN 2\n"
 _TRAILER_BYTES = 4096
 _HEAD_BYTES = 1 << 22  # checksummed on every open: the centroids and the first lists
 _CHUNK = 1 << 22
+_SCORE_ROWS = 4096  # codes scored at a time by :meth:`IvfIndex.best_of`
 
 
 class AnnFileError(Exception):
@@ -65,10 +67,14 @@ def choose_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists probed per query: 1/64 of them, at least 8; small indexes (under 512 lists,
-    cheap to scan) probe 1/8 of them, at least 16."""
+    """Lists probed per query, chosen by measured recall@10 (docs/performance.md):
+    small indexes (under 512 lists, cheap to scan) probe 1/8 of them, at least 16;
+    up to 1,024 lists (stores of up to ~260k) 1/128 of them, at least 5 (recall 0.999
+    at 100k, where 4 gave 0.9945); larger ones 1/64, at least 8 (0.9995 at 1M)."""
     if nlist < 512:
         return min(nlist, max(16, nlist // 8))
+    if nlist < 1024:
+        return max(5, nlist // 128)
     return max(8, nlist // 64)
 
 
@@ -86,6 +92,7 @@ class IvfIndex:
         self.nprobe = nprobe or default_nprobe(self.nlist)
         self.last_rowid = last_rowid
         self._ntotal: int | None = None
+        self._codes: _Codes | None | bool = None  # False: not mapped, no codes by rowid
 
     @classmethod
     def train(
@@ -139,6 +146,7 @@ class IvfIndex:
 
     def add(self, rowids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
         self._ntotal = None
+        self._codes = None
         if len(rowids):
             self.index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32),
@@ -150,6 +158,7 @@ class IvfIndex:
         if not len(ids):
             return 0
         self._ntotal = None
+        self._codes = None
         return int(self.index.remove_ids(self._faiss.IDSelectorBatch(ids)))
 
     def search(
@@ -168,10 +177,77 @@ class IvfIndex:
         params.nprobe = max(1, min(int(nprobe), self.nlist))
         if allowed is not None:
             params.sel = allowed.selector
-        scores, ids = self.index.search(
-            np.ascontiguousarray(queries, dtype=np.float32), k, params=params
-        )
+        with self._threads(len(queries)):
+            scores, ids = self.index.search(
+                np.ascontiguousarray(queries, dtype=np.float32), k, params=params
+            )
         return scores, ids
+
+    @contextlib.contextmanager
+    def _threads(self, nq: int) -> Iterator[None]:
+        """One OpenMP thread for a single query (the setting is per calling thread).
+
+        A single query has nothing to split between threads, and on a busy machine
+        waking a team of them costs more than the scan itself."""
+        if nq > 1:
+            yield
+            return
+        faiss = self._faiss
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
+
+    def has_codes(self) -> bool:
+        """Whether :meth:`best_of` can read codes by rowid (the index is mapped from its file)."""
+        return self._codes_by_rowid() is not None
+
+    def _codes_by_rowid(self) -> _Codes | None:
+        if self._codes is None:
+            self._codes = _Codes.of(self) or False
+        return self._codes if isinstance(self._codes, _Codes) else None
+
+    def best_of(
+        self, queries: NDArray[np.float32], rowids: NDArray[np.int64], k: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The ``k`` best of ``rowids`` per query by their 8-bit codes (no list scanned).
+
+        Reads the codes of just those rows from the mapped file and scores them with
+        faiss's 8-bit kernel. Returns (ids, missing): ``ids`` is (nq, k) with ``-1``
+        padding, ``missing`` the rowids the index does not hold (score them exactly).
+        Only for a mapped index (:meth:`has_codes`).
+        """
+        codes = self._codes_by_rowid()
+        assert codes is not None
+        found, addresses = codes.find(rowids)
+        missing = rowids[~found]
+        rowids = rowids[found]
+        nq = len(queries)
+        if not len(rowids):
+            return np.full((nq, 0), -1, dtype=np.int64), missing
+        k = max(1, min(k, len(rowids)))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        flat = codes.scratch
+        scores, found_ids = [], []
+        for start in range(0, len(rowids), _SCORE_ROWS):
+            flat.reset()
+            flat.add_sa_codes(codes.rows[addresses[start : start + _SCORE_ROWS]])
+            with self._threads(nq):
+                s, i = flat.search(queries, min(k, flat.ntotal))
+            ok = i >= 0
+            scores.append(np.where(ok, s, -np.inf))
+            block_ids = rowids[start : start + _SCORE_ROWS]
+            found_ids.append(np.where(ok, block_ids[np.maximum(i, 0)], -1))
+        if len(scores) == 1:
+            flat.reset()
+            return found_ids[0], missing
+        all_s, all_i = np.concatenate(scores, axis=1), np.concatenate(found_ids, axis=1)
+        keep = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+        best_i = np.take_along_axis(all_i, keep, 1)
+        flat.reset()
+        return best_i, missing
 
     # -- the derived file ----------------------------------------------------------
     def save(self, path: Path, header: dict[str, Any]) -> None:
@@ -280,6 +356,59 @@ class IvfIndex:
         meta = cls.read_header(path)
         if cls._crc(path, int(meta.get("payload_bytes", -1))) != meta.get("crc32"):
             raise AnnFileError("checksum mismatch")
+
+
+class _Codes:
+    """The 8-bit codes of a mapped index, found by rowid: a view of the mapped file
+    (faiss's own map, so reading codes here adds no memory beyond the index's pages)
+    and, sorted by rowid, where each row's code lies in it."""
+
+    def __init__(
+        self, ids: NDArray[np.int64], addresses: NDArray[np.int64], rows: Any, scratch: Any
+    ) -> None:
+        self.ids = ids
+        self.addresses = addresses
+        self.rows = rows  # (bytes, code_size) strided view: row a = the code at byte a
+        self.scratch = scratch  # a flat 8-bit index with the same codec, for scoring
+
+    @classmethod
+    def of(cls, ann: IvfIndex) -> _Codes | None:
+        faiss = ann._faiss
+        lists = faiss.downcast_InvertedLists(ann.index.invlists)
+        if not isinstance(lists, faiss.OnDiskInvertedLists) or not lists.totsize:
+            return None  # built in memory (not mapped): lists are scattered allocations
+        size = int(lists.code_size)
+        whole = faiss.rev_swig_ptr(lists.ptr, int(lists.totsize))
+        ids, addresses = [], []
+        for i in range(ann.nlist):
+            one = lists.lists.at(i)
+            n, at = int(one.size), int(one.offset)
+            if not n:
+                continue
+            end = at + int(one.capacity) * size + n * 8
+            if at < 0 or end > len(whole):
+                return None
+            ids.append(np.frombuffer(whole, dtype=np.int64, count=n, offset=end - n * 8))
+            addresses.append(at + np.arange(n, dtype=np.int64) * size)
+        if not ids:
+            return None
+        all_ids = np.concatenate(ids)
+        order = np.argsort(all_ids, kind="stable")
+        rows = np.lib.stride_tricks.as_strided(
+            whole, shape=(len(whole) - size + 1, size), strides=(1, 1), writeable=False
+        )
+        scratch = faiss.IndexScalarQuantizer(
+            int(ann.index.d), ann.index.sq.qtype, faiss.METRIC_INNER_PRODUCT
+        )
+        scratch.sq.trained = ann.index.sq.trained
+        scratch.is_trained = True
+        return cls(all_ids[order], np.concatenate(addresses)[order], rows, scratch)
+
+    def find(self, rowids: NDArray[np.int64]) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
+        """Which ``rowids`` the index holds, and the addresses of those it holds."""
+        at = np.minimum(np.searchsorted(self.ids, rowids), max(len(self.ids) - 1, 0))
+        found = self.ids[at] == rowids
+        return found, self.addresses[at[found]]
 
 
 class Bitmap:
