@@ -44,7 +44,7 @@ def search(
     """The ``k`` best hits per query among the records matching ``flt``, best first."""
     nq = queries.shape[0]
     mask = filter_mask(db, mirror, flt, where) if flt else None
-    candidates = mirror.live if mask is None else int(mask.sum())
+    candidates = mirror.live if mask is None else int(np.count_nonzero(mask))
     if candidates == 0:
         return [[] for _ in range(nq)]
     if mirror.ann is None:
@@ -102,9 +102,9 @@ def _search_ann(
     rowids = mirror.rowids[:size]
     valid = mirror.alive[:size] if mask is None else mask
     split = int(np.searchsorted(rowids, ann.last_rowid, side="right"))
-    inside = int(valid[:split].sum())
+    inside = int(np.count_nonzero(valid[:split]))
     need = min(k, candidates)
-    pool = max(4 * k, k + 30)  # re-ranked with the float32 vectors
+    pool = _pool(k)  # re-ranked with the float32 vectors
     nq = queries.shape[0]
     ids = np.full((nq, 0), -1, dtype=np.int64)
     extra = np.zeros(0, dtype=np.intp)  # matches the index does not hold: exact
@@ -146,9 +146,16 @@ def _search_ann(
     return out
 
 
+def _pool(k: int) -> int:
+    """Candidates of an unfiltered search re-ranked with their float32 vectors (each
+    read with a ``pread``): at 100k recall@10 was the same with 15 as with 40."""
+    return max(2 * k, k + 10)
+
+
 def _filter_pool(k: int) -> int:
-    """Matches re-ranked with their float32 vectors after scoring their 8-bit codes
-    (recall@10 1.000 on the benchmark with half of it: docs/performance.md)."""
+    """Matches re-ranked with their float32 vectors after scoring their 8-bit codes:
+    generous, as filtered results must equal exact ones (recall@10 was 1.000 on the
+    benchmark with 15: docs/performance.md)."""
     return max(4 * k, k + 30)
 
 
@@ -209,7 +216,7 @@ def _hits(db: sqlite3.Connection, mirror: Mirror, found: _Found, where: object) 
                     warn_damaged(where, got[0], str(exc))
                     damaged.add(r)
                 continue
-            hits.append(Hit.from_metadata(got[0], float(np.clip(s, -1.0, 1.0)), parsed))
+            hits.append(Hit.from_metadata(got[0], min(1.0, max(-1.0, s)), parsed))
         results.append(hits)
     if damaged:
         mirror.remove(np.array(sorted(damaged), dtype=np.int64))
