@@ -154,7 +154,8 @@ class IvfIndex:
         """faiss's QT_8bit codes ``c`` of ``vectors``, as the floats ``c - 128`` that the
         signed direct codec stores as the very same bytes."""
         unit = np.clip((vectors - self._vmin) / self._step, 0.0, 1.0).astype(np.float32)
-        return (np.floor(unit * np.float32(255)) - np.float32(128)).astype(np.float32)
+        codes: NDArray[np.float32] = (np.floor(unit * np.float32(255)) - 128).astype(np.float32)
+        return codes
 
     def _scaled(self, queries: NDArray[np.float32]) -> NDArray[np.float32]:
         """Queries whose integer dot product with the codes orders them as the 8-bit
