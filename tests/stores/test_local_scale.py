@@ -404,3 +404,27 @@ def test_index_codes_are_faiss_8bit_codes_scanned_with_the_same_order() -> None:
     ref = np.argsort(-(decoded @ queries.T), axis=0)[:10].T + 1
     assert recall(ids.tolist(), ref.tolist()) >= 0.97  # the query rounded to 8 bits
     assert [int(i[0]) for i in ids] == [int(r[0]) for r in ref]
+
+
+def test_a_faiss_without_the_signed_direct_codec_keeps_search_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faiss older than 1.9 lacks QT_8bit_direct_signed: the store searches exactly
+    (right answers, never an error) instead of building an index it cannot scan."""
+    import faiss
+
+    monkeypatch.delattr(faiss.ScalarQuantizer, "QT_8bit_direct_signed")
+    store = LocalStore(tmp_path / "old-faiss.lookalike", ann_threshold=1000)
+    ref = InMemoryStore()
+    fill(store, 2000)
+    fill(ref, 2000)
+    try:
+        assert store.search_mode == "exact" and not store.ann_path.exists()
+        queries = clustered(5, seed=15)
+        assert _ids(store.search(queries, 10)) == _ids(ref.search(queries, 10))
+        flt = {"label": "c4"}
+        assert _ids(store.search(queries, 10, filter=flt)) == _ids(
+            ref.search(queries, 10, filter=flt)
+        )
+    finally:
+        store.close()

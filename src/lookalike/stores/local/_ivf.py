@@ -62,12 +62,13 @@ def _faiss() -> Any:
 
 
 def ann_available() -> bool:
-    """True when faiss can be imported (without importing it twice)."""
+    """True when faiss can be imported and has the signed 8-bit direct codec the index
+    scans with (faiss 1.9 and later); with an older faiss, search stays exact."""
     try:
-        _faiss()
+        faiss = _faiss()
     except MissingDependencyError:
         return False
-    return True
+    return hasattr(faiss.ScalarQuantizer, "QT_8bit_direct_signed")
 
 
 def choose_nlist(n: int) -> int:
