@@ -96,7 +96,7 @@ def _search_ann(
 
     A filter's matches (up to ``_ALL_LISTS_LIMIT``) are not searched through the lists:
     their own 8-bit codes are read from the mapped index and scored, and the best
-    ``_FILTER_POOL(k)`` re-ranked, so no match is missed by the lists probed."""
+    ``_filter_pool(k)`` re-ranked, so no match is missed by the lists probed."""
     ann = mirror.ann
     size = mirror.size
     rowids = mirror.rowids[:size]
@@ -104,13 +104,13 @@ def _search_ann(
     split = int(np.searchsorted(rowids, ann.last_rowid, side="right"))
     inside = int(np.count_nonzero(valid[:split]))
     need = min(k, candidates)
-    pool = _pool(k)  # re-ranked with the float32 vectors
+    pool = _pool(k) if mask is None else _filter_pool(k)  # re-ranked with float32 vectors
     nq = queries.shape[0]
     ids = np.full((nq, 0), -1, dtype=np.int64)
     extra = np.zeros(0, dtype=np.intp)  # matches the index does not hold: exact
     if inside and mask is not None and candidates <= _ALL_LISTS_LIMIT and ann.has_codes():
         matched = np.flatnonzero(valid[:split])
-        ids, missing = ann.best_of(queries, rowids[matched], _filter_pool(k))
+        ids, missing = ann.best_of(queries, rowids[matched], pool)
         if len(missing):
             extra = matched[np.isin(rowids[matched], missing)]
     elif inside:
