@@ -315,6 +315,18 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert command in out
 
 
+def test_check_help_names_both_derived_files(capsys: pytest.CaptureFixture[str]) -> None:
+    """A local store has two derived files, the vectors and the index; check repairs both."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "repair its derived files (<store>.vec vectors, <store>.ann index)" in out
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--rebuild rebuild the derived files (.vec, .ann) even when they look sound" in out
+
+
 def test_default_store_from_environment(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                         tmp_path: Path, image_dir: Path) -> None:
     target = tmp_path / "env" / "default.lookalike"

@@ -378,11 +378,13 @@ def _add_delete(sub: Any) -> None:
 
 def _add_check(sub: Any) -> None:
     p = sub.add_parser(
-        "check", help="verify a local store's integrity and repair its derived search index"
+        "check",
+        help="verify a local store's integrity and repair its derived files "
+        "(<store>.vec vectors, <store>.ann index)",
     )
     add_store_option(p)
     p.add_argument(
-        "--rebuild", action="store_true", help="rebuild the derived index even when it looks sound"
+        "--rebuild", action="store_true", help="rebuild the derived files (.vec, .ann) even when they look sound"
     )
     p.add_argument(
         "--fix", action="store_true",

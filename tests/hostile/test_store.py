@@ -4,6 +4,7 @@ right and nothing raises; SQLite stays the truth."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -104,8 +105,8 @@ def test_tampered_tables_describing_the_vector_file(tmp_path: Path, sql: str) ->
 @pytest.mark.parametrize(
     "tail",
     [
-        b"LOOKALIKE-ANN 2\n" + b'{"store": "x"}',
-        b"LOOKALIKE-ANN 2\n" + b'{"payload_bytes": 99999999999}',
+        b"LOOKALIKE-ANN 3\n" + b'{"store": "x"}',
+        b"LOOKALIKE-ANN 3\n" + b'{"payload_bytes": 99999999999}',
         b"\xff" * 10,
     ],
 )
@@ -124,4 +125,50 @@ def test_garbage_in_the_index_file(tmp_path: Path, tail: bytes) -> None:
         assert store.search_mode == "ann"  # rebuilt
         top = store.search(recs[17].vector, 1)[0][0]
         assert top.id == "r17" and top.score == pytest.approx(1.0, abs=1e-5)
+        assert store.check() == []
+
+
+def _index_trailer(ann: Path) -> dict[str, object]:
+    meta: dict[str, object] = json.loads(ann.read_bytes()[-4096:][len(b"LOOKALIKE-ANN 3\n") :])
+    return meta
+
+
+@pytest.mark.parametrize(
+    "damage", ["previous format", "codec zeroed", "codec NaN", "codec moved", "codec cut"]
+)
+def test_an_index_file_whose_codec_is_wrong_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    """The 8-bit codec (vmin, vdiff) after faiss's part of <store>.ann is checked on
+    every open; an index of the previous format (QT_8bit scanned by faiss) is rebuilt."""
+    pytest.importorskip("faiss")
+    path = tmp_path / "s.lookalike"
+    recs = records(400)
+    with LocalStore(path, ann_threshold=100) as store:
+        store.create_schema(SCHEMA)
+        store.upsert(recs)
+    ann = tmp_path / "s.lookalike.ann"
+    data = bytearray(ann.read_bytes())
+    meta = _index_trailer(ann)
+    at = int(meta["faiss_bytes"])  # type: ignore[call-overload]
+    if damage == "previous format":
+        data[-4096 : -4096 + 16] = b"LOOKALIKE-ANN 2\n"
+    elif damage == "codec zeroed":
+        data[at : at + 64] = bytes(64)
+    elif damage == "codec NaN":
+        data[at : at + 8] = b"\xff" * 8
+    elif damage == "codec moved":
+        blob = json.dumps(dict(meta, faiss_bytes=at - 4)).encode()
+        data[-4096:] = (b"LOOKALIKE-ANN 3\n" + blob).ljust(4096, b" ")
+    else:
+        cut = 8 * DIM
+        data = data[: at + cut // 2] + data[at + cut :]  # the file is shorter than it says
+    ann.write_bytes(bytes(data))
+    with LocalStore(path, ann_threshold=100) as store:
+        assert store.search_mode == "ann"  # rebuilt from the vectors
+        assert ann.read_bytes()[-4096:].startswith(b"LOOKALIKE-ANN 3\n")
+        assert _index_trailer(ann)["faiss_bytes"] == at
+        for i in (17, 250):
+            top = store.search(recs[i].vector, 1)[0][0]
+            assert top.id == f"r{i}" and top.score == pytest.approx(1.0, abs=1e-5)
+        got = store.search(recs[3].vector, 10, filter={"label": recs[3].metadata["label"]})[0]
+        assert got[0].id == "r3"
         assert store.check() == []

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lookalike.stores import InMemoryStore, LocalStore
-from lookalike.types import Record, Schema
+from lookalike.types import Hit, Record, Schema
 
 pytest.importorskip("faiss")
 
@@ -280,3 +280,151 @@ def test_format_1_store_is_migrated(tmp_path: Path) -> None:
     with LocalStore(path) as store:
         assert store.count() == 3 and store.check() == []
         assert store.search(vecs[2], 1)[0][0].id == "r2"
+
+
+def _ids(hits: list[list[Hit]]) -> list[list[str]]:
+    return [[h.id for h in hs] for hs in hits]
+
+
+@pytest.mark.parametrize(
+    "flt", [{"label": "c2"}, {"label": ["c1", "c2"]}, {"shard": [1, 2, 3, 4, 5, 6]}]
+)
+def test_filtered_search_scores_the_matches_codes_and_equals_exact(
+    pair: tuple[LocalStore, InMemoryStore, np.ndarray], flt: dict[str, object]
+) -> None:
+    """Matches (more than the 256 read outright) are scored by their 8-bit codes read from
+    the mapped index, then re-ranked: the same hits and scores as exact search."""
+    store, ref, _ = pair
+    assert store.search_mode == "ann"
+    ann = store._mirror.ann  # type: ignore[union-attr]
+    assert ann.has_codes()  # mapped from <store>.ann: codes found by rowid
+    queries = clustered(25, seed=11)
+    got, want = store.search(queries, 10, filter=flt), ref.search(queries, 10, filter=flt)
+    assert _ids(got) == _ids(want)
+    for g, w in zip(got, want):
+        assert [h.score for h in g] == pytest.approx([h.score for h in w], abs=1e-5)
+
+
+def test_filtered_codes_path_with_rows_written_and_deleted_after_the_build(
+    pair: tuple[LocalStore, InMemoryStore, np.ndarray],
+) -> None:
+    """Rows added after the index was built are scored exactly, deleted ones never
+    return, and a match the index does not hold is still found."""
+    store, ref, _ = pair
+    store.search_mode  # noqa: B018 - loads the index
+    extra = records(clustered(300, seed=21), start=6000)
+    for target in (store, ref):
+        target.upsert(extra)
+        target.delete([f"r{i}" for i in range(0, 6000, 5)])  # 1,200 deleted, inside the index
+    ann = store._mirror.ann  # type: ignore[union-attr]
+    assert ann.has_codes() and ann.last_rowid < 6300  # the new rows are outside it
+    queries = np.concatenate([clustered(10, seed=12), np.stack([r.vector for r in extra[:5]])])
+    flt = {"label": "c3"}
+    got, want = store.search(queries, 10, filter=flt), ref.search(queries, 10, filter=flt)
+    assert _ids(got) == _ids(want)
+    assert extra[2].id == "r6002" and got[12][0].id == "r6002"  # a new row, label c3
+    # a match the index lost (never expected): found exactly all the same
+    from lookalike.stores.local import _ivf
+
+    (rowid,) = store._db.execute("SELECT rowid FROM records WHERE id = 'r17'").fetchone()
+    codes = ann._codes_by_rowid()
+    keep = codes.ids != rowid  # r17 (label c3) missing from the codes map
+    ann._codes = _ivf._Codes(codes.ids[keep], codes.addresses[keep], codes.rows, codes.scratch)
+    lost = store.get(["r17"])[0].vector
+    assert store.search(lost, 1, filter=flt)[0][0].id == "r17"
+    assert _ids(store.search(queries, 10, filter=flt)) == _ids(want)
+
+
+def test_filtered_search_without_a_mapped_index_visits_the_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index held in memory (its file could not be saved) has no codes by rowid:
+    filters go through the lists, with the same exact results."""
+    from lookalike.stores.local import _annfile
+
+    monkeypatch.setattr(_annfile, "save", lambda *args: False)
+    store = LocalStore(tmp_path / "mem.lookalike", ann_threshold=2000)
+    ref = InMemoryStore()
+    fill(store, 4000)
+    fill(ref, 4000)
+    try:
+        assert store.search_mode == "ann" and not store.ann_path.exists()
+        assert not store._mirror.ann.has_codes()  # type: ignore[union-attr]
+        queries = clustered(10, seed=13)
+        flt = {"label": "c5"}
+        assert _ids(store.search(queries, 10, filter=flt)) == _ids(
+            ref.search(queries, 10, filter=flt)
+        )
+    finally:
+        store.close()
+
+
+def test_damaged_codes_in_the_index_file_are_found_by_check_and_rebuilt(tmp_path: Path) -> None:
+    """Codes the filter reads live in <store>.ann: bytes changed past the part checked on
+    every open are found by check(), which rebuilds the file; results stay exact."""
+    path = tmp_path / "d.lookalike"
+    ref = InMemoryStore()
+    with LocalStore(path, ann_threshold=2000) as store:
+        fill(store, 4000)
+    fill(ref, 4000)
+    ann_path = path.with_name(path.name + ".ann")
+    size = ann_path.stat().st_size
+    with open(ann_path, "r+b") as fh:  # inside the last lists' codes, before the trailer
+        fh.seek(size - 4096 - 20_000)
+        fh.write(bytes(4000))
+    with LocalStore(path, ann_threshold=2000) as store:
+        assert store.check() == []
+        assert store.search_mode == "ann" and store._mirror.ann.has_codes()  # type: ignore[union-attr]
+        queries = clustered(10, seed=14)
+        flt = {"label": ["c0", "c6"]}
+        assert _ids(store.search(queries, 10, filter=flt)) == _ids(
+            ref.search(queries, 10, filter=flt)
+        )
+
+
+def test_index_codes_are_faiss_8bit_codes_scanned_with_the_same_order() -> None:
+    """The bytes stored are faiss's QT_8bit codes; scanning them as signed direct codes
+    against the scaled, rounded query ranks them as their decoded vectors do."""
+    import faiss
+
+    from lookalike.stores.local._ivf import IvfIndex
+
+    x = clustered(3000, seed=3)
+    ann = IvfIndex.train(DIM, x, 3000)
+    ann.add(np.arange(1, 3001, dtype=np.int64), x)
+    sq = faiss.ScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit)
+    faiss.copy_array_to_vector(ann.codec, sq.trained)
+    want = sq.compute_codes(x)
+    got = (ann._encode(x) + 128).astype(np.uint8)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999  # float rounding at a boundary
+    queries = clustered(30, seed=4)
+    _, ids = ann.search(queries, 10, ann.nlist)  # every list: the codec alone decides
+    decoded = sq.decode(want)
+    ref = np.argsort(-(decoded @ queries.T), axis=0)[:10].T + 1
+    assert recall(ids.tolist(), ref.tolist()) >= 0.97  # the query rounded to 8 bits
+    assert [int(i[0]) for i in ids] == [int(r[0]) for r in ref]
+
+
+def test_a_faiss_without_the_signed_direct_codec_keeps_search_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faiss older than 1.9 lacks QT_8bit_direct_signed: the store searches exactly
+    (right answers, never an error) instead of building an index it cannot scan."""
+    import faiss
+
+    monkeypatch.delattr(faiss.ScalarQuantizer, "QT_8bit_direct_signed")
+    store = LocalStore(tmp_path / "old-faiss.lookalike", ann_threshold=1000)
+    ref = InMemoryStore()
+    fill(store, 2000)
+    fill(ref, 2000)
+    try:
+        assert store.search_mode == "exact" and not store.ann_path.exists()
+        queries = clustered(5, seed=15)
+        assert _ids(store.search(queries, 10)) == _ids(ref.search(queries, 10))
+        flt = {"label": "c4"}
+        assert _ids(store.search(queries, 10, filter=flt)) == _ids(
+            ref.search(queries, 10, filter=flt)
+        )
+    finally:
+        store.close()

@@ -1,7 +1,13 @@
 """The approximate index behind a large :class:`~lookalike.stores.LocalStore`.
 
 An inverted-file index with 8-bit scalar quantisation (faiss ``IndexIVFScalarQuantizer``):
-``dim`` bytes per vector instead of ``4 * dim``. Its lists come from plain (Euclidean,
+``dim`` bytes per vector instead of ``4 * dim``. The codes are faiss's per-dimension
+8-bit codes (``QT_8bit``: ``x ~ vmin + (c + 0.5) / 255 * vdiff``), but the index reads
+them as ``QT_8bit_direct_signed`` (the integer ``c - 128``) and scans them with an
+integer dot product against the query scaled by ``vdiff / 255`` and rounded to 8 bits:
+the inner products then differ from the 8-bit ones by a constant factor and offset per
+query (plus the query's rounding), for about a quarter of the CPU of decoding every code.
+The coarse lists are chosen with the unscaled query (``search_preassigned``). Its lists come from plain (Euclidean,
 non-spherical) k-means on a sample, which keeps them balanced on data with many more
 clusters than lists (spherical k-means for inner product piles whole groups of clusters
 into a few huge lists). It is a *derived* file next to the store (``<store>.ann``):
@@ -9,20 +15,24 @@ SQLite stays the source of truth, and the file is rebuilt whenever it is missing
 beyond repair or damaged. faiss is imported only here, and only when a store is big
 enough to need it (extra ``[ann]``).
 
-File layout: faiss's own serialisation, then a 4096-byte trailer (a magic line, then
-JSON padded with spaces) naming the store (its uuid), the last rowid the index holds,
-the payload size and CRC-32 checksums of the payload's head and of all of it. The file
-is memory-mapped (faiss ``IO_FLAG_MMAP``), so opening it reads only the trailer and the
-centroids, whatever its size; :meth:`IvfIndex.verify` reads it all.
+File layout: faiss's own serialisation, then the 8-bit codec (``vmin`` and ``vdiff``,
+``2 * dim`` float32), then a 4096-byte trailer (a magic line, then JSON padded with
+spaces) naming the store (its uuid), the last rowid the index holds, the payload size,
+where the codec starts, and CRC-32 checksums of the codec, of the payload's head and of
+all of it. The file is memory-mapped (faiss ``IO_FLAG_MMAP``), so opening it reads only
+the trailer, the codec and the centroids, whatever its size; :meth:`IvfIndex.verify`
+reads it all. A filtered search reads the codes of its matches straight from that map
+(:meth:`IvfIndex.best_of`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +44,11 @@ from ...errors import MissingDependencyError
 
 __all__ = ["AnnFileError", "IvfIndex", "ann_available", "choose_nlist"]
 
-_MAGIC = b"LOOKALIKE-ANN 2\n"
+_MAGIC = b"LOOKALIKE-ANN 3\n"  # 3: direct-scanned codes (2: QT_8bit)
 _TRAILER_BYTES = 4096
 _HEAD_BYTES = 1 << 22  # checksummed on every open: the centroids and the first lists
 _CHUNK = 1 << 22
+_SCORE_ROWS = 4096  # codes scored at a time by :meth:`IvfIndex.best_of`
 
 
 class AnnFileError(Exception):
@@ -51,12 +62,13 @@ def _faiss() -> Any:
 
 
 def ann_available() -> bool:
-    """True when faiss can be imported (without importing it twice)."""
+    """True when faiss can be imported and has the signed 8-bit direct codec the index
+    scans with (faiss 1.9 and later); with an older faiss, search stays exact."""
     try:
-        _faiss()
+        faiss = _faiss()
     except MissingDependencyError:
         return False
-    return True
+    return hasattr(faiss.ScalarQuantizer, "QT_8bit_direct_signed")
 
 
 def choose_nlist(n: int) -> int:
@@ -64,11 +76,20 @@ def choose_nlist(n: int) -> int:
     return max(16, int(2 * math.sqrt(max(n, 1))))
 
 
+def _direct(faiss: Any) -> int:
+    """The codec the index scans with (see the module's docstring)."""
+    return int(faiss.ScalarQuantizer.QT_8bit_direct_signed)
+
+
 def default_nprobe(nlist: int) -> int:
-    """Lists probed per query: 1/64 of them, at least 8; small indexes (under 512 lists,
-    cheap to scan) probe 1/8 of them, at least 16."""
+    """Lists probed per query, chosen by measured recall@10 (docs/performance.md):
+    small indexes (under 512 lists, cheap to scan) probe 1/8 of them, at least 16;
+    up to 1,024 lists (stores of up to ~260k) 1/128 of them, at least 5 (recall 0.999
+    at 100k, where 4 gave 0.9945); larger ones 1/64, at least 8 (0.9995 at 1M)."""
     if nlist < 512:
         return min(nlist, max(16, nlist // 8))
+    if nlist < 1024:
+        return max(5, nlist // 128)
     return max(8, nlist // 64)
 
 
@@ -79,13 +100,24 @@ class IvfIndex:
     none above; rows above it are searched exactly.
     """
 
-    def __init__(self, index: Any, nprobe: int | None = None, last_rowid: int = 0) -> None:
+    def __init__(
+        self, index: Any, codec: NDArray[np.float32], nprobe: int | None = None, last_rowid: int = 0
+    ) -> None:
         self._faiss = _faiss()
         self.index = index
         self.nlist = int(index.nlist)
         self.nprobe = nprobe or default_nprobe(self.nlist)
         self.last_rowid = last_rowid
         self._ntotal: int | None = None
+        self._codes: _Codes | None | bool = None  # False: not mapped, no codes by rowid
+        dim = int(index.d)
+        if int(index.sq.qtype) != _direct(self._faiss) or codec.shape != (2 * dim,):
+            raise AnnFileError("not an index of direct-scanned 8-bit codes")
+        self.codec = np.ascontiguousarray(codec, dtype=np.float32)  # vmin, then vdiff
+        self._vmin = self.codec[:dim]
+        vdiff = self.codec[dim:]
+        self._step = np.where(vdiff > 0, vdiff, np.float32(1)).astype(np.float32)
+        self._query_scale = (vdiff / np.float32(255)).astype(np.float32)
 
     @classmethod
     def train(
@@ -112,7 +144,27 @@ class IvfIndex:
         )
         index.train(sample)  # the quantizer is trained already: this trains the 8-bit codec
         index.set_direct_map_type(faiss.DirectMap.NoMap)
-        return cls(index, nprobe)
+        # Scanned as direct codes from now on; vmin and vdiff are saved after faiss's part.
+        codec = faiss.vector_to_array(index.sq.trained).astype(np.float32)
+        index.sq.qtype = _direct(faiss)
+        index.sq.trained.clear()
+        index.sq.set_derived_sizes()
+        return cls(index, codec, nprobe)
+
+    def _encode(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        """faiss's QT_8bit codes ``c`` of ``vectors``, as the floats ``c - 128`` that the
+        signed direct codec stores as the very same bytes."""
+        unit = np.clip((vectors - self._vmin) / self._step, 0.0, 1.0).astype(np.float32)
+        codes: NDArray[np.float32] = (np.floor(unit * np.float32(255)) - 128).astype(np.float32)
+        return codes
+
+    def _scaled(self, queries: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Queries whose integer dot product with the codes orders them as the 8-bit
+        inner product does: scaled by ``vdiff / 255``, then each to +-127, rounded."""
+        scaled = queries * self._query_scale
+        top = np.abs(scaled).max(axis=1, keepdims=True)
+        scaled *= np.float32(127) / np.where(top > 0, top, np.float32(1))
+        return np.ascontiguousarray(np.rint(scaled), dtype=np.float32)
 
     @property
     def ntotal(self) -> int:
@@ -139,17 +191,25 @@ class IvfIndex:
 
     def add(self, rowids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
         self._ntotal = None
-        if len(rowids):
-            self.index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32),
-                np.ascontiguousarray(rowids, dtype=np.int64),
-            )
+        self._codes = None
+        if not len(rowids):
+            return
+        faiss = self._faiss
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(rowids, dtype=np.int64)
+        _, lists = self.index.quantizer.search(vectors, 1)  # lists of the unscaled vectors
+        lists = np.ascontiguousarray(lists.reshape(-1), dtype=np.int64)
+        codes = self._encode(vectors)
+        self.index.add_core(
+            len(ids), faiss.swig_ptr(codes), faiss.swig_ptr(ids), faiss.swig_ptr(lists)
+        )
 
     def remove(self, rowids: Iterable[int]) -> int:
         ids = np.fromiter(rowids, dtype=np.int64)
         if not len(ids):
             return 0
         self._ntotal = None
+        self._codes = None
         return int(self.index.remove_ids(self._faiss.IDSelectorBatch(ids)))
 
     def search(
@@ -164,14 +224,99 @@ class IvfIndex:
         ``allowed``: a :class:`Bitmap` of the rowids that may be returned.
         """
         faiss = self._faiss
+        nprobe = max(1, min(int(nprobe), self.nlist))
         params = faiss.SearchParametersIVF()
-        params.nprobe = max(1, min(int(nprobe), self.nlist))
+        params.nprobe = nprobe
         if allowed is not None:
             params.sel = allowed.selector
-        scores, ids = self.index.search(
-            np.ascontiguousarray(queries, dtype=np.float32), k, params=params
-        )
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(queries)
+        scores = np.empty((n, k), dtype=np.float32)
+        ids = np.empty((n, k), dtype=np.int64)
+        with self._threads(n):
+            coarse, lists = self.index.quantizer.search(queries, nprobe)
+            lists = np.ascontiguousarray(lists, dtype=np.int64)
+            coarse = np.ascontiguousarray(coarse, dtype=np.float32)
+            scaled = self._scaled(queries)
+            self.index.search_preassigned_c(
+                n,
+                faiss.swig_ptr(scaled),
+                k,
+                faiss.swig_ptr(lists),
+                faiss.swig_ptr(coarse),
+                faiss.swig_ptr(scores),
+                faiss.swig_ptr(ids),
+                False,
+                params,
+                None,
+            )
         return scores, ids
+
+    @contextlib.contextmanager
+    def _threads(self, nq: int) -> Iterator[None]:
+        """One OpenMP thread for a single query (the setting is per calling thread).
+
+        A single query has nothing to split between threads, and on a busy machine
+        waking a team of them costs more than the scan itself."""
+        if nq > 1:
+            yield
+            return
+        faiss = self._faiss
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
+
+    def has_codes(self) -> bool:
+        """Whether :meth:`best_of` can read codes by rowid (the index is mapped from its file)."""
+        return self._codes_by_rowid() is not None
+
+    def _codes_by_rowid(self) -> _Codes | None:
+        if self._codes is None:
+            self._codes = _Codes.of(self) or False
+        return self._codes if isinstance(self._codes, _Codes) else None
+
+    def best_of(
+        self, queries: NDArray[np.float32], rowids: NDArray[np.int64], k: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The ``k`` best of ``rowids`` per query by their 8-bit codes (no list scanned).
+
+        Reads the codes of just those rows from the mapped file and scores them with
+        faiss's 8-bit kernel. Returns (ids, missing): ``ids`` is (nq, k) with ``-1``
+        padding, ``missing`` the rowids the index does not hold (score them exactly).
+        Only for a mapped index (:meth:`has_codes`).
+        """
+        codes = self._codes_by_rowid()
+        assert codes is not None
+        found, addresses = codes.find(rowids)
+        missing = rowids[~found]
+        rowids = rowids[found]
+        nq = len(queries)
+        if not len(rowids):
+            return np.full((nq, 0), -1, dtype=np.int64), missing
+        k = max(1, min(k, len(rowids)))
+        queries = self._scaled(queries)
+        flat = codes.scratch
+        scores, found_ids = [], []
+        for start in range(0, len(rowids), _SCORE_ROWS):
+            flat.reset()
+            flat.add_sa_codes(codes.rows[addresses[start : start + _SCORE_ROWS]])
+            with self._threads(nq):
+                s, i = flat.search(queries, min(k, flat.ntotal))
+            ok = i >= 0
+            scores.append(np.where(ok, s, -np.inf))
+            block_ids = rowids[start : start + _SCORE_ROWS]
+            found_ids.append(np.where(ok, block_ids[np.maximum(i, 0)], -1))
+        if len(scores) == 1:
+            flat.reset()
+            return found_ids[0], missing
+        all_s, all_i = np.concatenate(scores, axis=1), np.concatenate(found_ids, axis=1)
+        keep = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+        best_i = np.take_along_axis(all_i, keep, 1)
+        flat.reset()
+        return best_i, missing
 
     # -- the derived file ----------------------------------------------------------
     def save(self, path: Path, header: dict[str, Any]) -> None:
@@ -193,9 +338,13 @@ class IvfIndex:
                     return len(data)
 
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))
+                faiss_bytes = size
+                write(self.codec.tobytes())
                 meta = dict(
                     header,
                     payload_bytes=size,
+                    faiss_bytes=faiss_bytes,
+                    codec_crc32=zlib.crc32(self.codec.tobytes()),
                     crc32=crc,
                     head_crc32=head_crc,
                     nprobe=self.nprobe,
@@ -269,10 +418,30 @@ class IvfIndex:
         if (
             int(index.d) != int(meta.get("dim", -1))
             or not hasattr(index, "nlist")
+            or not hasattr(index, "sq")
             or int(index.ntotal) != int(meta.get("ntotal", -1))
         ):
             raise AnnFileError("unexpected index type, dimension or size")
-        return cls(index, None, int(meta.get("last_rowid", 0))), meta
+        codec = cls._codec(path, meta, int(index.d))
+        return cls(index, codec, None, int(meta.get("last_rowid", 0))), meta
+
+    @staticmethod
+    def _codec(path: Path, meta: dict[str, Any], dim: int) -> NDArray[np.float32]:
+        """vmin and vdiff of the 8-bit codes, saved right after faiss's serialisation."""
+        at, want = int(meta.get("faiss_bytes", -1)), 8 * dim
+        if at < 0 or at + want != int(meta.get("payload_bytes", -1)):
+            raise AnnFileError("no 8-bit codec in the file")
+        with open(path, "rb") as fh:
+            fh.seek(at)
+            blob = fh.read(want)
+        if len(blob) != want:
+            raise AnnFileError("truncated")
+        if zlib.crc32(blob) != meta.get("codec_crc32"):  # checked on every open
+            raise AnnFileError("checksum mismatch (8-bit codec)")
+        codec = np.frombuffer(blob, dtype=np.float32).copy()
+        if not np.isfinite(codec).all() or (codec[dim:] < 0).any():
+            raise AnnFileError("damaged 8-bit codec")
+        return codec
 
     @classmethod
     def verify(cls, path: Path) -> None:
@@ -280,6 +449,57 @@ class IvfIndex:
         meta = cls.read_header(path)
         if cls._crc(path, int(meta.get("payload_bytes", -1))) != meta.get("crc32"):
             raise AnnFileError("checksum mismatch")
+
+
+class _Codes:
+    """The 8-bit codes of a mapped index, found by rowid: a view of the mapped file
+    (faiss's own map, so reading codes here adds no memory beyond the index's pages)
+    and, sorted by rowid, where each row's code lies in it."""
+
+    def __init__(
+        self, ids: NDArray[np.int64], addresses: NDArray[np.int64], rows: Any, scratch: Any
+    ) -> None:
+        self.ids = ids
+        self.addresses = addresses
+        self.rows = rows  # (bytes, code_size) strided view: row a = the code at byte a
+        self.scratch = scratch  # a flat 8-bit index with the same codec, for scoring
+
+    @classmethod
+    def of(cls, ann: IvfIndex) -> _Codes | None:
+        faiss = ann._faiss
+        lists = faiss.downcast_InvertedLists(ann.index.invlists)
+        if not isinstance(lists, faiss.OnDiskInvertedLists) or not lists.totsize:
+            return None  # built in memory (not mapped): lists are scattered allocations
+        size = int(lists.code_size)
+        whole = faiss.rev_swig_ptr(lists.ptr, int(lists.totsize))
+        ids, addresses = [], []
+        for i in range(ann.nlist):
+            one = lists.lists.at(i)
+            n, at = int(one.size), int(one.offset)
+            if not n:
+                continue
+            end = at + int(one.capacity) * size + n * 8
+            if at < 0 or end > len(whole):
+                return None
+            ids.append(np.frombuffer(whole, dtype=np.int64, count=n, offset=end - n * 8))
+            addresses.append(at + np.arange(n, dtype=np.int64) * size)
+        if not ids:
+            return None
+        all_ids = np.concatenate(ids)
+        order = np.argsort(all_ids, kind="stable")
+        rows = np.lib.stride_tricks.as_strided(
+            whole, shape=(len(whole) - size + 1, size), strides=(1, 1), writeable=False
+        )
+        scratch = faiss.IndexScalarQuantizer(
+            int(ann.index.d), _direct(faiss), faiss.METRIC_INNER_PRODUCT
+        )
+        return cls(all_ids[order], np.concatenate(addresses)[order], rows, scratch)
+
+    def find(self, rowids: NDArray[np.int64]) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
+        """Which ``rowids`` the index holds, and the addresses of those it holds."""
+        at = np.minimum(np.searchsorted(self.ids, rowids), max(len(self.ids) - 1, 0))
+        found = self.ids[at] == rowids
+        return found, self.addresses[at[found]]
 
 
 class Bitmap:

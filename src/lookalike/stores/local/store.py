@@ -74,8 +74,8 @@ class LocalStore:
             :class:`~lookalike.errors.StoreTimeoutError`.
         ann_threshold: record count from which search is approximate; ``None`` keeps
             search exact at any size.
-        ann_nprobe: inverted lists probed per query (default: 1/64 of them, at least 8;
-            1/8 of them, at least 16, for indexes of fewer than 512 lists);
+        ann_nprobe: inverted lists probed per query (default: 1/8 of them, at least
+            16, under 512 lists; 1/128, at least 5, under 1,024; else 1/64, at least 8);
             higher is slower and closer to exact.
         read_only: open without ever writing (``info``, ``search``, ``check``). A store
             whose file or folder cannot be written is opened read-only anyway; a write
