@@ -252,8 +252,9 @@ def find_duplicates(
     total = store.count()
     from tqdm.auto import tqdm
 
-    left: list[str] = []  # one edge per pair above the threshold, as found (both ways)
-    right: list[str] = []
+    codes: dict[str, int] = {}  # the images that have a duplicate, numbered as met
+    left: list[int] = []  # one edge per pair above the threshold, as found (both ways)
+    right: list[int] = []
     with tqdm(total=total, unit="img", desc="duplicates", disable=not progress, dynamic_ncols=True) as bar:
         for batch in store.scan(batch_size):
             bar.update(len(batch))
@@ -264,16 +265,16 @@ def find_duplicates(
             for record, hits in zip(records, _neighbours(store, vectors, threshold, filter, max(1, total))):
                 for hit in hits:
                     if hit.id != record.id:
-                        left.append(record.id)
-                        right.append(hit.id)
+                        left.append(codes.setdefault(record.id, len(codes)))
+                        right.append(codes.setdefault(hit.id, len(codes)))
     if not left:
         return DuplicateGroups(threshold=threshold)
-    ids, ends = np.unique(np.array(left + right), return_inverse=True)
+    labels = _components(np.array(left, dtype=np.intp), np.array(right, dtype=np.intp), len(codes))
     del left, right
-    labels = _components(ends[: len(ends) // 2], ends[len(ends) // 2 :], len(ids))
-    order = np.argsort(labels, kind="stable")  # ids are sorted, so each group's stay sorted
+    names = np.array(list(codes), dtype=object)
+    order = np.argsort(labels, kind="stable")
     cuts = np.flatnonzero(np.diff(labels[order])) + 1
-    groups = [ids[part].tolist() for part in np.split(order, cuts)]
+    groups = [sorted(names[part].tolist()) for part in np.split(order, cuts)]
     kept = [g for g in _ordered(store, groups, batch_size) if len(g) > 1]
     kept.sort(key=lambda g: (-len(g), g[0].id))
     return DuplicateGroups(kept, threshold=threshold)
