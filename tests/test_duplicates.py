@@ -361,3 +361,28 @@ def test_only_images_whose_last_hit_qualifies_are_searched_again() -> None:
     big = len(truth[3])
     assert asked == [(len(records), FIRST_K), (FIRST_K + big, FIRST_K * GROWTH),
                      (big, min(FIRST_K * GROWTH**2, len(records)))]  # never more than there are
+
+
+def test_batches_start_with_the_k_the_previous_batch_needed() -> None:
+    """Where every image has many duplicates, the batches after the first ask for enough
+    hits at once instead of searching every row twice; the groups stay the same."""
+    rng = np.random.default_rng(9)
+    records, truth = planted(rng, [10] * 6, singles=0)
+    inner = make_store("memory", Path("."), records)
+    asked: list[tuple[int, int]] = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def search(self, vectors: np.ndarray, k: int, filter: Any = None) -> Any:
+            asked.append((len(vectors), k))
+            return inner.search(vectors, k, filter)
+
+    groups = find_duplicates(Spy(), 0.9, batch_size=20)
+    assert sorted(({h.id for h in g} for g in groups), key=sorted) == sorted(truth, key=sorted)
+    # first batch: 4 hits, all qualify, again with 32; 10 needed, so the next ones ask 16
+    assert asked == [(20, FIRST_K), (20, FIRST_K * 8), (20, 16), (20, 16)]
+    whole = find_duplicates(inner, 0.9)  # one batch
+    assert [(g[0].id, {h.id: round(h.score, 5) for h in g}) for g in groups] == [
+        (g[0].id, {h.id: round(h.score, 5) for h in g}) for g in whole]

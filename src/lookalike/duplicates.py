@@ -6,10 +6,10 @@
 How it works (``find_duplicates``): the store is read with ``scan`` one batch at a
 time (:data:`BATCH_SIZE` images); each batch's vectors go to the store's own ``search``
 in one call (exact below a :class:`~lookalike.stores.LocalStore`'s ``ann_threshold``,
-approximate above it), asking for :data:`FIRST_K` neighbours. Only a row whose last
-neighbour still scores at or above the threshold is searched again, with :data:`GROWTH`
-times ``k``, until its last neighbour falls below the threshold, so no pair above the
-threshold is cut off by ``k``. Pairs at or above the threshold join their images in one
+approximate above it), asking for :data:`FIRST_K` neighbours (more when the previous
+batch's images had many duplicates). Only a row whose last neighbour still scores at or
+above the threshold is searched again, with :data:`GROWTH` times ``k``, until its last
+neighbour falls below the threshold, so no pair above the threshold is cut off by ``k``. Pairs at or above the threshold join their images in one
 group: **groups are the connected components** of that graph (union-find in numpy), so
 an image is never in two groups. Memory is one batch of vectors and results plus the
 pairs found; no n x n matrix is ever formed.
@@ -89,6 +89,8 @@ FALLBACK_THRESHOLD = 0.90
 FIRST_K = 4
 #: How much ``k`` grows on each further search of the images that need it.
 GROWTH = 8
+#: The most a batch starts with when the previous batch's images had many duplicates.
+MAX_FIRST_K = 64
 #: Images per batch: their vectors go to the store's ``search`` together, so an exact
 #: store multiplies big matrices and an ANN one searches many queries at once.
 BATCH_SIZE = 1024
@@ -213,13 +215,14 @@ def _components(left: NDArray[np.intp], right: NDArray[np.intp], n: int) -> NDAr
 
 def _neighbours(
     store: VectorStore, vectors: NDArray[np.float32], threshold: float, filter: Filter | None, limit: int,
+    first_k: int = FIRST_K,
 ) -> list[list[Hit]]:
     """Every stored hit at or above ``threshold`` for each row.
 
-    The first search asks for :data:`FIRST_K` hits; only the rows whose last hit still
+    The first search asks for ``first_k`` hits; only the rows whose last hit still
     qualifies are searched again, with :data:`GROWTH` times as many, until it does not.
     """
-    k = min(FIRST_K, limit)
+    k = min(first_k, limit)
     results = store.search(vectors, k, filter)
     todo = [j for j, hits in enumerate(results) if len(hits) >= k and hits[-1].score >= threshold]
     while todo and k < limit:
@@ -229,6 +232,18 @@ def _neighbours(
             results[j] = hits
         todo = [j for j in todo if len(results[j]) >= k and results[j][-1].score >= threshold]
     return [[h for h in hits if h.score >= threshold] for hits in results]
+
+
+def _next_first_k(qualifying: list[int]) -> int:
+    """The ``k`` the next batch starts with: :data:`FIRST_K`, or, in a collection where
+    images have many duplicates, the power of two above what 90 % of this batch's images
+    needed (at most :data:`MAX_FIRST_K`), so most rows need no second search: a few more
+    hits cost less than searching a row again."""
+    need = int(np.quantile(qualifying, 0.9)) if qualifying else 0
+    k = FIRST_K
+    while k <= need and k < MAX_FIRST_K:
+        k *= 2
+    return k
 
 
 def find_duplicates(
@@ -252,6 +267,7 @@ def find_duplicates(
     total = store.count()
     from tqdm.auto import tqdm
 
+    first_k = FIRST_K
     codes: dict[str, int] = {}  # the images that have a duplicate, numbered as met
     left: list[int] = []  # one edge per pair above the threshold, as found (both ways)
     right: list[int] = []
@@ -262,7 +278,9 @@ def find_duplicates(
             if not records:
                 continue
             vectors = np.stack([r.vector for r in records]).astype(np.float32, copy=False)
-            for record, hits in zip(records, _neighbours(store, vectors, threshold, filter, max(1, total))):
+            found = _neighbours(store, vectors, threshold, filter, max(1, total), first_k)
+            first_k = _next_first_k([len(hits) for hits in found])
+            for record, hits in zip(records, found):
                 for hit in hits:
                     if hit.id != record.id:
                         left.append(codes.setdefault(record.id, len(codes)))
