@@ -1,8 +1,8 @@
 """Near-duplicate finding (issue #19): quality against imagededup's hashes, and scale.
 
     python benchmarks/duplicates.py quality                 # calibration + hash table
-    python benchmarks/duplicates.py scale --n 100000        # exact and ANN paths, 2048-d
-    python benchmarks/duplicates.py scale --n 1000000 --no-exact --workdir /big/disk
+    python benchmarks/duplicates.py scale --n 20000         # exact and ANN paths, 2048-d
+    python benchmarks/duplicates.py scale --n 1000000 --no-exact --ann-threshold 20000 --workdir /big/disk
 
 quality: for photos of the shared reverse_image_search set (the first train image of
 each class), generated edits -- crop, JPEG q20, half size, brightness, 4-degree
@@ -20,9 +20,13 @@ scale: synthetic clustered 2048-d vectors (clusters around a shared mean directi
 natural neighbours below cosine 0.75) with planted near-copies (1% of rows are sources
 with 1-3 copies each at cosine 0.91-0.995 to their source) in a LocalStore.
 ``find_duplicates(threshold=0.9)`` runs on the exact path (``ann_threshold=None``) and on
-the ANN path (faiss IVF, ``ann_threshold=1``), each in its own child process (its own
-peak RSS). Reported: seconds, peak RSS, pairs inside the groups, their recall against the
-exact path and against the planted pairs. Results: JSON files in benchmarks/results/.
+the ANN path (faiss IVF, ``--ann-threshold``, default 1), each in its own child process
+(its own peak RSS; ``--no-exact`` / ``--no-ann`` skip one). Reported: the float32 matrix
+product's GFLOP/s here and the exact path's floor it implies (n x n x dim x 2 flops),
+seconds (wall and CPU), peak RSS, the store searches asked, pairs inside the groups, their
+recall against the exact path and against the planted pairs. ``--compare-with SRC`` also
+times the exact phase with another lookalike source tree (say, an older commit's ``src``),
+alternating with this one, ``--rounds`` times. Results: JSON files in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ DATASET = ROOT.parent / "shared" / "datasets" / "reverse_image_search"
 RESULTS = ROOT / "benchmarks" / "results"
 HASHES = ("PHash", "DHash", "WHash", "AHash")
 CHUNK = 20_000
+BATCH_SIZE = 1024  # lookalike.duplicates.BATCH_SIZE (not imported: the script also runs older versions)
 
 
 def cpu_name() -> str:
@@ -304,10 +309,21 @@ def run_phase(args: argparse.Namespace) -> None:
 
     work = Path(args.workdir)
     ann = args.phase == "ann"
-    store = LocalStore(work / "store.lookalike", ann_threshold=1 if ann else None, ann_nprobe=args.nprobe)
+    store = LocalStore(work / "store.lookalike", ann_threshold=args.ann_threshold if ann else None,
+                       ann_nprobe=args.nprobe)
     t0 = time.perf_counter()
     mode = store.search_mode  # loads the mirror: for ANN, builds or loads the IVF index
     load_s = time.perf_counter() - t0
+    searches: dict[str, int] = {"calls": 0, "queries": 0, "hits_asked": 0}
+    search = store.search
+
+    def counted(vectors: Any, k: int, filter: Any = None) -> Any:
+        searches["calls"] += 1
+        searches["queries"] += len(vectors)
+        searches["hits_asked"] += len(vectors) * k
+        return search(vectors, k, filter)
+
+    store.search = counted  # type: ignore[method-assign]
     t0, c0 = time.perf_counter(), cpu_seconds()
     groups = find_duplicates(store, args.threshold, batch_size=args.batch_size, progress=True)
     find_s, find_cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -315,9 +331,24 @@ def run_phase(args: argparse.Namespace) -> None:
     result = {"mode": mode, "load_s": round(load_s, 1), "find_s": round(find_s, 1), "find_cpu_s": round(find_cpu, 1),
               "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
               "groups": len(groups), "pairs": len(pairs), "peak_rss_mb": round(peak_rss_mb()),
-              "nprobe": args.nprobe, "batch_size": args.batch_size}
+              "nprobe": args.nprobe, "batch_size": args.batch_size, "searches": searches,
+              "ann_threshold": args.ann_threshold if ann else None}
     store.close()
     (work / f"{args.phase}.json").write_text(json.dumps({"result": result, "pairs": pairs}))
+
+
+def gemm_ceiling(dim: int, seconds: float = 3.0) -> float:
+    """float32 matrix-product GFLOP/s here (numpy's BLAS, all threads), best of a few
+    (1024 x dim) @ (dim x 20000) products: what an exact all-pairs search can reach."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1024, dim), dtype=np.float32)
+    b = rng.standard_normal((20_000, dim), dtype=np.float32)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        a @ b.T
+        best = max(best, 2 * a.shape[0] * b.shape[0] * dim / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def scale(args: argparse.Namespace) -> dict[str, Any]:
@@ -328,11 +359,17 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
                for a, b in itertools.combinations(g, 2)}
     out: dict[str, Any] = {"n": args.n, "dim": args.dim, "threshold": args.threshold, "build_s": info["build_s"],
                            "planted_pairs": len(planted), "planted_groups": len(info["planted"])}
+    gflops = gemm_ceiling(args.dim)
+    out["gemm_gflops"] = round(gflops, 1)
+    out["exact_floor_s"] = round(2 * args.n * args.n * args.dim / (gflops * 1e9), 1)
+    print(f"float32 matmul here: {gflops:.0f} GFLOP/s, so exact all-pairs costs at least "
+          f"{out['exact_floor_s']} s of matrix products", flush=True)
     found: dict[str, set[tuple[str, str]]] = {}
-    phases = (["exact"] if args.exact else []) + ["ann"]
+    phases = (["exact"] if args.exact else []) + (["ann"] if args.ann else [])
     for phase in phases:
         cmd = [sys.executable, __file__, "_phase", phase, "--workdir", str(work), "--threshold", str(args.threshold),
-               "--batch-size", str(args.batch_size)] + (["--nprobe", str(args.nprobe)] if args.nprobe else [])
+               "--batch-size", str(args.batch_size), "--ann-threshold", str(args.ann_threshold)]
+        cmd += ["--nprobe", str(args.nprobe)] if args.nprobe else []
         print(f"{phase}: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
         data = json.loads((work / f"{phase}.json").read_text())
@@ -343,11 +380,34 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         res["pairs_not_planted"] = len(pairs - planted)
         out[phase] = res
         print(f"{phase}: {res}", flush=True)
-    if "exact" in found:
+    if args.compare_with:
+        out["compare"] = compare(args, work)
+    if "exact" in found and "ann" in found:
         exact = found["exact"]
         out["ann"]["recall_vs_exact"] = round(len(found["ann"] & exact) / max(1, len(exact)), 4)
         out["ann"]["pairs_not_in_exact"] = len(found["ann"] - exact)
     return out
+
+
+def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The exact phase with another lookalike source tree (``--compare-with``, e.g. an older
+    commit's ``src``) and with this one, alternating, ``--rounds`` times: on a shared
+    machine only a ratio measured side by side means anything."""
+    runs: dict[str, list[dict[str, Any]]] = {"other": [], "this": []}
+    for _ in range(args.rounds):
+        for name, src in (("other", args.compare_with), ("this", str(ROOT / "src"))):
+            env = {**os.environ, "PYTHONPATH": src}
+            cmd = [sys.executable, __file__, "_phase", "exact", "--workdir", str(work), "--threshold",
+                   str(args.threshold), "--batch-size", str(args.other_batch_size if name == "other" else args.batch_size)]
+            subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
+            res = json.loads((work / "exact.json").read_text())["result"]
+            runs[name].append(res)
+            print(f"compare {name}: find {res['find_s']} s wall, {res['find_cpu_s']} s CPU", flush=True)
+    cpu = {name: sum(r["find_cpu_s"] for r in rs) for name, rs in runs.items()}
+    wall = {name: sum(r["find_s"] for r in rs) for name, rs in runs.items()}
+    return {"other_src": args.compare_with, "rounds": args.rounds, "runs": runs,
+            "cpu_ratio_other_over_this": round(cpu["other"] / cpu["this"], 2),
+            "wall_ratio_other_over_this": round(wall["other"] / wall["this"], 2)}
 
 
 def main() -> int:
@@ -364,16 +424,25 @@ def main() -> int:
     s.add_argument("--n", type=int, default=100_000)
     s.add_argument("--dim", type=int, default=2048)
     s.add_argument("--threshold", type=float, default=0.9)
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     s.add_argument("--nprobe", type=int, default=None)
+    s.add_argument("--ann-threshold", type=int, default=1,
+                   help="the ANN phase's LocalStore ann_threshold (below --n: the ANN path)")
     s.add_argument("--no-exact", dest="exact", action="store_false", help="ANN path only (for 1M)")
+    s.add_argument("--no-ann", dest="ann", action="store_false", help="exact path only")
+    s.add_argument("--tag", default="", help="suffix of the results file name")
+    s.add_argument("--compare-with", default=None, metavar="SRC",
+                   help="also time the exact phase with this lookalike source tree, alternating")
+    s.add_argument("--other-batch-size", type=int, default=256, help="batch size for --compare-with")
+    s.add_argument("--rounds", type=int, default=2)
     s.add_argument("--workdir", default=None)
     p = sub.add_parser("_phase")
     p.add_argument("phase", choices=["exact", "ann"])
     p.add_argument("--workdir", required=True)
     p.add_argument("--threshold", type=float, required=True)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--ann-threshold", type=int, default=1)
     args = parser.parse_args()
     if args.what == "_phase":
         run_phase(args)
@@ -389,7 +458,7 @@ def main() -> int:
         target = RESULTS / "duplicates_quality.json"
     else:
         res = scale(args)
-        target = RESULTS / f"duplicates_scale_n{args.n}_d{args.dim}.json"
+        target = RESULTS / f"duplicates_scale_n{args.n}_d{args.dim}{args.tag}.json"
     res["environment"] = env
     res["command"] = "python " + " ".join(["benchmarks/duplicates.py", *sys.argv[1:]])
     target.write_text(json.dumps(res, indent=1) + "\n")

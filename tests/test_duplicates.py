@@ -306,3 +306,83 @@ def test_every_pair_in_a_group_is_linked_by_a_chain() -> None:
         comps.setdefault(root(i), set()).add(str(i))
     expected = sorted((c for c in comps.values() if len(c) > 1), key=lambda c: sorted(c))
     assert sorted(({h.id for h in g} for g in groups), key=lambda c: sorted(c)) == expected
+
+
+def find(parent: list[int], x: int) -> int:
+    while parent[x] != x:
+        x = parent[x]
+    return x
+
+
+def test_components_match_a_reference_union_find() -> None:
+    """The numpy union-find labels every node with the smallest node of its component,
+    also for long chains given in the worst order and for repeated and self edges."""
+    from lookalike.duplicates import _components
+
+    rng = np.random.default_rng(7)
+    n = 400
+    graphs = [
+        (np.arange(n - 1, 0, -1), np.arange(n - 2, -1, -1)),  # one chain, from its far end
+        (rng.permutation(n - 1) + 1, np.zeros(n - 1, dtype=np.intp)),  # one star
+        (rng.integers(0, n, 300), rng.integers(0, n, 300)),  # random: many components, self edges
+        (np.array([], dtype=np.intp), np.array([], dtype=np.intp)),
+    ]
+    chain = rng.permutation(n)  # a chain through the nodes in random order
+    graphs.append((chain[:-1], chain[1:]))
+    for left, right in graphs:
+        parent = list(range(n))
+        for a, b in zip(left.tolist(), right.tolist()):
+            ra, rb = find(parent, a), find(parent, b)
+            parent[max(ra, rb)] = min(ra, rb)
+        expected = [min(y for y in range(n) if find(parent, y) == find(parent, x)) for x in range(n)]
+        assert _components(left.astype(np.intp), right.astype(np.intp), n).tolist() == expected
+
+
+def test_only_images_whose_last_hit_qualifies_are_searched_again() -> None:
+    """The first search asks FIRST_K hits for every image; further searches only for the
+    images of groups larger than that, each time GROWTH times as many."""
+    from lookalike.duplicates import GROWTH
+
+    rng = np.random.default_rng(8)
+    records, truth = planted(rng, [2, FIRST_K - 1, FIRST_K, FIRST_K * GROWTH + 3], singles=40)
+    inner = make_store("memory", Path("."), records)
+    asked: list[tuple[int, int]] = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def search(self, vectors: np.ndarray, k: int, filter: Any = None) -> Any:
+            asked.append((len(vectors), k))
+            return inner.search(vectors, k, filter)
+
+    groups = find_duplicates(Spy(), 0.9, batch_size=1000)
+    assert sorted(({h.id for h in g} for g in groups), key=sorted) == sorted(truth, key=sorted)
+    big = len(truth[3])
+    assert asked == [(len(records), FIRST_K), (FIRST_K + big, FIRST_K * GROWTH),
+                     (big, min(FIRST_K * GROWTH**2, len(records)))]  # never more than there are
+
+
+def test_batches_start_with_the_k_the_previous_batch_needed() -> None:
+    """Where every image has many duplicates, the batches after the first ask for enough
+    hits at once instead of searching every row twice; the groups stay the same."""
+    rng = np.random.default_rng(9)
+    records, truth = planted(rng, [10] * 6, singles=0)
+    inner = make_store("memory", Path("."), records)
+    asked: list[tuple[int, int]] = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def search(self, vectors: np.ndarray, k: int, filter: Any = None) -> Any:
+            asked.append((len(vectors), k))
+            return inner.search(vectors, k, filter)
+
+    groups = find_duplicates(Spy(), 0.9, batch_size=20)
+    assert sorted(({h.id for h in g} for g in groups), key=sorted) == sorted(truth, key=sorted)
+    # first batch: 4 hits, all qualify, again with 32; 10 needed, so the next ones ask 16
+    assert asked == [(20, FIRST_K), (20, FIRST_K * 8), (20, 16), (20, 16)]
+    whole = find_duplicates(inner, 0.9)  # one batch
+    assert [(g[0].id, {h.id: round(h.score, 5) for h in g}) for g in groups] == [
+        (g[0].id, {h.id: round(h.score, 5) for h in g}) for g in whole]

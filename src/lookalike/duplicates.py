@@ -4,14 +4,15 @@
 >>> groups[0].representative, groups[0].duplicates  # doctest: +SKIP
 
 How it works (``find_duplicates``): the store is read with ``scan`` one batch at a
-time; each batch's vectors go to the store's own ``search`` (exact below a
-:class:`~lookalike.stores.LocalStore`'s ``ann_threshold``, approximate above it). A
-row whose k-th neighbour still scores at or above the threshold is searched again with
-four times ``k`` until its last neighbour falls below the threshold, so no pair above
-the threshold is cut off by ``k``. Pairs at or above the threshold join their images in
-one group: **groups are the connected components** of that graph (union-find), so an
-image is never in two groups. Memory is one batch of vectors and results plus the ids of
-images that have a duplicate; no n x n matrix is ever formed.
+time (:data:`BATCH_SIZE` images); each batch's vectors go to the store's own ``search``
+in one call (exact below a :class:`~lookalike.stores.LocalStore`'s ``ann_threshold``,
+approximate above it), asking for :data:`FIRST_K` neighbours (more when the previous
+batch's images had many duplicates). Only a row whose last neighbour still scores at or
+above the threshold is searched again, with :data:`GROWTH` times ``k``, until its last
+neighbour falls below the threshold, so no pair above the threshold is cut off by ``k``. Pairs at or above the threshold join their images in one
+group: **groups are the connected components** of that graph (union-find in numpy), so
+an image is never in two groups. Memory is one batch of vectors and results plus the
+pairs found; no n x n matrix is ever formed.
 
 Each group's **representative** is its medoid, the member with the highest summed
 cosine similarity to the others (computed as ``v_i . sum(v)``); the other members follow
@@ -82,9 +83,17 @@ CALIBRATED: dict[str, Calibration] = {
 #: duplicate, at the cost of missing heavier edits; calibrate and pass ``threshold=``.
 FALLBACK_THRESHOLD = 0.90
 
-#: Neighbours asked for per image on the first search (more when they all qualify).
-FIRST_K = 8
-BATCH_SIZE = 256
+#: Neighbours asked for per image on the first search (the image itself among them).
+#: Small on purpose: most images have no duplicate, and every hit costs the store a
+#: record read; an image whose last hit still qualifies is searched again.
+FIRST_K = 4
+#: How much ``k`` grows on each further search of the images that need it.
+GROWTH = 8
+#: The most a batch starts with when the previous batch's images had many duplicates.
+MAX_FIRST_K = 64
+#: Images per batch: their vectors go to the store's ``search`` together, so an exact
+#: store multiplies big matrices and an ANN one searches many queries at once.
+BATCH_SIZE = 1024
 
 
 class UncalibratedThresholdWarning(UserWarning):
@@ -180,41 +189,61 @@ class DuplicateGroups(list[DuplicateGroup]):
 
 
 # -- the engine ------------------------------------------------------------------------------
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
+def _components(left: NDArray[np.intp], right: NDArray[np.intp], n: int) -> NDArray[np.intp]:
+    """Connected components of the graph on ``0..n-1`` with edges ``left[i]-right[i]``:
+    each node's label is the smallest node of its component.
 
-    def find(self, x: str) -> str:
-        parent = self.parent
-        root = x
-        while parent.setdefault(root, root) != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if rb < ra:
-                ra, rb = rb, ra
-            self.parent[rb] = ra
+    Union-find in numpy (hook and jump): every round hooks the root of each edge's larger
+    end to the smaller root, then jumps every pointer to its root, until no edge joins two
+    roots. Pointers only ever go to smaller nodes, so there are no cycles.
+    """
+    labels = np.arange(n, dtype=np.intp)
+    while True:
+        a, b = labels[left], labels[right]
+        apart = a != b
+        if not apart.any():
+            return labels
+        a, b = a[apart], b[apart]
+        low = np.minimum(a, b)
+        np.minimum.at(labels, np.maximum(a, b), low)
+        while True:  # pointer jumping: every node straight to its root
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
 
 
 def _neighbours(
     store: VectorStore, vectors: NDArray[np.float32], threshold: float, filter: Filter | None, limit: int,
+    first_k: int = FIRST_K,
 ) -> list[list[Hit]]:
-    """Every stored hit at or above ``threshold`` for each row (k grows while needed)."""
-    k = min(FIRST_K, limit)
+    """Every stored hit at or above ``threshold`` for each row.
+
+    The first search asks for ``first_k`` hits; only the rows whose last hit still
+    qualifies are searched again, with :data:`GROWTH` times as many, until it does not.
+    """
+    k = min(first_k, limit)
     results = store.search(vectors, k, filter)
     todo = [j for j, hits in enumerate(results) if len(hits) >= k and hits[-1].score >= threshold]
     while todo and k < limit:
-        k = min(k * 4, limit)
+        k = min(k * GROWTH, limit)
         again = store.search(vectors[todo], k, filter)
         for j, hits in zip(todo, again):
             results[j] = hits
         todo = [j for j in todo if len(results[j]) >= k and results[j][-1].score >= threshold]
     return [[h for h in hits if h.score >= threshold] for hits in results]
+
+
+def _next_first_k(qualifying: list[int]) -> int:
+    """The ``k`` the next batch starts with: :data:`FIRST_K`, or, in a collection where
+    images have many duplicates, the power of two above what 90 % of this batch's images
+    needed (at most :data:`MAX_FIRST_K`), so most rows need no second search: a few more
+    hits cost less than searching a row again."""
+    need = int(np.quantile(qualifying, 0.9)) if qualifying else 0
+    k = FIRST_K
+    while k <= need and k < MAX_FIRST_K:
+        k *= 2
+    return k
 
 
 def find_duplicates(
@@ -238,7 +267,10 @@ def find_duplicates(
     total = store.count()
     from tqdm.auto import tqdm
 
-    uf = _UnionFind()
+    first_k = FIRST_K
+    codes: dict[str, int] = {}  # the images that have a duplicate, numbered as met
+    left: list[int] = []  # one edge per pair above the threshold, as found (both ways)
+    right: list[int] = []
     with tqdm(total=total, unit="img", desc="duplicates", disable=not progress, dynamic_ncols=True) as bar:
         for batch in store.scan(batch_size):
             bar.update(len(batch))
@@ -246,15 +278,22 @@ def find_duplicates(
             if not records:
                 continue
             vectors = np.stack([r.vector for r in records]).astype(np.float32, copy=False)
-            limit = max(1, total)
-            for record, hits in zip(records, _neighbours(store, vectors, threshold, filter, limit)):
+            found = _neighbours(store, vectors, threshold, filter, max(1, total), first_k)
+            first_k = _next_first_k([len(hits) for hits in found])
+            for record, hits in zip(records, found):
                 for hit in hits:
                     if hit.id != record.id:
-                        uf.union(record.id, hit.id)
-    members: dict[str, list[str]] = {}
-    for x in list(uf.parent):
-        members.setdefault(uf.find(x), []).append(x)
-    kept = [g for g in _ordered(store, [sorted(ids) for ids in members.values()], batch_size) if len(g) > 1]
+                        left.append(codes.setdefault(record.id, len(codes)))
+                        right.append(codes.setdefault(hit.id, len(codes)))
+    if not left:
+        return DuplicateGroups(threshold=threshold)
+    labels = _components(np.array(left, dtype=np.intp), np.array(right, dtype=np.intp), len(codes))
+    del left, right
+    names = np.array(list(codes), dtype=object)
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    groups = [sorted(names[part].tolist()) for part in np.split(order, cuts)]
+    kept = [g for g in _ordered(store, groups, batch_size) if len(g) > 1]
     kept.sort(key=lambda g: (-len(g), g[0].id))
     return DuplicateGroups(kept, threshold=threshold)
 

@@ -129,16 +129,79 @@ def check_search_args(vectors: NDArray[Any], k: int, schema: Schema) -> NDArray[
     return unit_rows(q, "query vectors")
 
 
+#: Bytes of query-by-stored scores one exact search holds at a time (the queries of a
+#: call are scored in blocks of rows, so memory does not grow with the batch). Measured
+#: here (2 cores, 50k x 2048): blocks of 64 queries cost ~2x the CPU per score of 1,024,
+#: 335 (this budget at 100k) ~1.2x.
+SCORES_BLOCK_BYTES = 128 << 20
+
+
+def rows_per_block(stored: int) -> int:
+    """Queries scored together against ``stored`` vectors within :data:`SCORES_BLOCK_BYTES`
+    (at least 16, so the matrix product stays efficient)."""
+    return max(16, SCORES_BLOCK_BYTES // (4 * max(1, stored)))
+
+
 def top_k(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
-    """Indices of the ``k`` largest scores, best first (ties keep the lower index first)."""
+    """Indices of the ``k`` largest scores, best first (ties to the lower index, also at
+    the k-th place)."""
     n = scores.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.intp)
     if k < n:
         part = np.argpartition(-scores, k - 1)[:k]
-        order = np.lexsort((part, -scores[part]))
-        return part[order]
-    return np.lexsort((np.arange(n), -scores))
+        values = scores[part]
+        kth = values.min()
+        if np.count_nonzero(scores == kth) == np.count_nonzero(values == kth):  # no tie left out
+            return part[np.lexsort((part, -values))]
+    return np.lexsort((np.arange(n), -scores))[:k]
+
+
+def top_k_rows(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
+    """:func:`top_k` for every row of a ``(q, n)`` matrix at once: a ``(q, min(k, n))``
+    array of column indices, each row best first, ties to the lower index (also at the
+    k-th place), with no per-row Python.
+
+    For a small ``k`` it avoids a full selection: the row's maxima over blocks of
+    :data:`_TOP_K_WIDTH` columns are ``n / 64`` real scores, so their k-th largest is a
+    score that at least ``k`` entries reach; only the entries at or above it (a handful
+    per row) are sorted. About 6x cheaper than ``argpartition`` here, which otherwise
+    costs as much as a third of an exact search's matrix product.
+    """
+    q, n = scores.shape
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros((q, 0), dtype=np.intp)
+    blocks = -(-n // _TOP_K_WIDTH)
+    if k * 8 > blocks:
+        return _top_k_select(scores, k)
+    maxima = np.maximum.reduceat(scores, np.arange(0, n, _TOP_K_WIDTH), axis=1)
+    bound = np.partition(maxima, blocks - k, axis=1)[:, blocks - k]
+    rows, cols = np.nonzero(scores >= bound[:, None])  # row by row: at least k per row
+    order = np.lexsort((cols, -scores[rows, cols], rows))
+    first = np.searchsorted(rows, np.arange(q))
+    best: NDArray[np.intp] = cols[order[first[:, None] + np.arange(k)]]
+    return best
+
+
+_TOP_K_WIDTH = 64
+
+
+def _top_k_select(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
+    """:func:`top_k_rows` by ``argpartition`` (for a ``k`` that is large next to ``n``)."""
+    q, n = scores.shape
+    if k == n:
+        return np.lexsort((np.broadcast_to(np.arange(n), (q, n)), -scores), axis=1)[:, :k]
+    part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
+    values = np.take_along_axis(scores, part, axis=1)
+    best: NDArray[np.intp] = np.take_along_axis(part, np.lexsort((part, -values), axis=1), axis=1)
+    # the selection is arbitrary among entries equal to the k-th score: redo those rows
+    kth = values.min(axis=1)
+    tied = np.flatnonzero(np.count_nonzero(scores == kth[:, None], axis=1)
+                          > np.count_nonzero(values == kth[:, None], axis=1))
+    for r in tied.tolist():
+        best[r] = np.lexsort((np.arange(n), -scores[r]))[:k]
+    return best
 
 
 class ExactIndex:
@@ -225,18 +288,17 @@ class ExactIndex:
             matrix = matrix[candidates]
         if matrix.shape[0] == 0:
             return [[] for _ in range(queries.shape[0])]
-        scores = matrix @ queries.T  # (n, q): vectors are unit length, so this is cosine
         results = []
-        for j in range(queries.shape[0]):
-            column = scores[:, j]
-            best = top_k(column, k)
-            rows = best if candidates is None else candidates[best]
-            results.append(
-                [
-                    Hit.from_metadata(
-                        self.ids[r], float(np.clip(column[b], -1.0, 1.0)), self.metadata[r]
-                    )
-                    for r, b in zip(rows, best)
-                ]
-            )
+        step = rows_per_block(matrix.shape[0])
+        for start in range(0, queries.shape[0], step):
+            # (q, n), each query's scores one contiguous row: unit vectors, so cosine
+            scores = queries[start : start + step] @ matrix.T
+            best = top_k_rows(scores, k)
+            picked = np.clip(np.take_along_axis(scores, best, axis=1), -1.0, 1.0).tolist()
+            found = (best if candidates is None else candidates[best]).tolist()
+            ids, metadata = self.ids, self.metadata
+            results += [
+                [Hit.from_metadata(ids[r], s, metadata[r]) for r, s in zip(rows, row_scores)]
+                for rows, row_scores in zip(found, picked)
+            ]
         return results

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from ...filters import NormalizedFilter
 from ...types import Hit
-from .._common import top_k
+from .._common import rows_per_block, top_k, top_k_rows
 from ._columns import filter_mask
 from ._ivf import Bitmap
 from ._mirror import Mirror
@@ -67,20 +67,25 @@ def _search_exact(
     size = mirror.size
     valid = mirror.alive[:size] if mask is None else mask
     rows: NDArray[np.intp] | None = None
+    masked: NDArray[np.intp] | None = None
     if candidates == size:
-        scores = mirror.matrix[:size] @ queries.T
+        matrix = mirror.matrix[:size]
     elif candidates * 2 < size:
         rows = np.flatnonzero(valid)
-        scores = mirror.matrix[rows] @ queries.T
+        matrix = mirror.matrix[rows]  # copied once per call, not per block
     else:
-        scores = mirror.matrix[:size] @ queries.T
-        scores[~valid] = -np.inf
-    out = []
-    for j in range(queries.shape[0]):
-        column = scores[:, j]
-        best = top_k(column, k)
-        pos = best if rows is None else rows[best]
-        out.append((mirror.rowids[pos], column[best]))
+        matrix = mirror.matrix[:size]
+        masked = np.flatnonzero(~valid)
+    out: _Found = []
+    step = rows_per_block(matrix.shape[0])
+    for start in range(0, queries.shape[0], step):
+        scores = queries[start : start + step] @ matrix.T  # (q, n): one row per query
+        if masked is not None:
+            scores[:, masked] = -np.inf
+        best = top_k_rows(scores, k)  # vectorised over the block's queries
+        picked = np.take_along_axis(scores, best, axis=1)
+        found = mirror.rowids[best if rows is None else rows[best]]
+        out += zip(found, picked)
     return out
 
 
