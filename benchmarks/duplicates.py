@@ -312,7 +312,9 @@ def run_phase(args: argparse.Namespace) -> None:
     store = LocalStore(work / "store.lookalike", ann_threshold=args.ann_threshold if ann else None,
                        ann_nprobe=args.nprobe)
     t0 = time.perf_counter()
-    mode = store.search_mode  # loads the mirror: for ANN, builds or loads the IVF index
+    if ann:
+        store.wait_for_index()  # builds (in the background, waited for here) or maps the IVF index
+    mode = store.search_mode  # loads the mirror
     load_s = time.perf_counter() - t0
     searches: dict[str, int] = {"calls": 0, "queries": 0, "hits_asked": 0}
     search = store.search
