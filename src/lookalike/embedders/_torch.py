@@ -38,7 +38,6 @@ DECODES = ("cpu", "gpu", "auto")  #: where add_many decodes JPEGs for this model
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (docs/performance.md, "Batch size")
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
-CALIBRATION_BATCH = 2  #: at most this many images per stream in the passes that choose "auto" on CPU
 
 #: torch, once a model has loaded (or :class:`ForwardStreams` started): bound by
 #: :func:`import_torch`, so that ``import lookalike`` never imports it.
@@ -306,17 +305,20 @@ class TorchEmbedder:
         self._module = module
         self.jpeg_decoder = self._jpeg_decoder()
         if self.precision == "auto":  # only on CPU: measured on this model, or cached
+            run, images = self._calibration_pass()
             self.precision = _calibrate.choose_cpu_precision(
-                self._calibration_pass(), cpu=_calibrate.describe_cpu(), identity=self.identity,
+                run, cpu=_calibrate.describe_cpu(), identity=self.identity,
                 torch_version=str(torch.__version__), threads=torch.get_num_threads(),
-                streams=self.streams, batch=self.batch_size)
+                streams=self.streams, batch=self.batch_size, images=images)
         self._ready = True
 
-    def _calibration_pass(self) -> Callable[[str], None]:
-        """One forward pass per stream side by side (as ``add_many`` runs them) of up to
-        :data:`CALIBRATION_BATCH` images each, in the given precision: what
-        ``precision="auto"`` times on the CPU. The streams are those the embedder runs on."""
-        n = min(self.batch_size, CALIBRATION_BATCH)
+    def _calibration_pass(self) -> tuple[Callable[[str], None], int]:
+        """What ``precision="auto"`` times on the CPU, and how many images it embeds: the
+        pass ``add_many`` runs, in the given precision. That is one forward pass of
+        ``batch_size`` images per stream, side by side on the embedder's streams, each in
+        inference mode on its own thread (:meth:`_inference`; inference mode is per thread,
+        and CLIP's bf16 pass is 10x slower in it than outside: docs/performance.md)."""
+        n = self.batch_size
         batch: Any = None
         streams: ForwardStreams | None = None
 
@@ -328,14 +330,13 @@ class TorchEmbedder:
                     streams = self._forward_streams = ForwardStreams(self.streams)
             saved, self.precision = self.precision, precision
             try:
-                with torch.inference_mode():
-                    if streams is None:
-                        self._eager(batch)
-                    else:
-                        streams.map(self._eager, [batch] * streams.count)
+                if streams is None:
+                    self._inference(batch)
+                else:
+                    streams.map(self._inference, [batch] * streams.count)
             finally:
                 self.precision = saved
-        return run
+        return run, n * (self.streams if self.streams > 1 else 1)
 
     def _sample_batch(self, n: int) -> Any:
         """``n`` copies of a noise image, preprocessed: the model's input shape."""
@@ -553,6 +554,11 @@ class TorchEmbedder:
             features = self._replay(batch)
             if features is not None:
                 return features
+        return self._inference(batch)
+
+    def _inference(self, batch: Any) -> Any:
+        """:meth:`_eager` in inference mode on this thread: every forward pass but the CUDA
+        graphs' runs this, the calibration of ``precision="auto"`` included."""
         with torch.inference_mode():
             return self._eager(batch)
 
