@@ -409,7 +409,9 @@ def _recording_tiny(seen: list[tuple[str, bool, bool, int]], **kwargs: Any) -> A
 def test_calibration_times_the_pass_add_many_runs(monkeypatch: pytest.MonkeyPatch, streams: int) -> None:
     """The regression of #20 part 3: the stream threads ran the calibration outside inference
     mode (it is per thread), where CLIP ViT-B-32 in bf16 is fast, while add_many runs them in
-    inference mode, where it is 3-10x slower than fp32; and at 2 images, not add_many's batch."""
+    inference mode, where it is 3-10x slower than fp32."""
+    from lookalike.embedders._torch import CALIBRATION_BATCH
+
     monkeypatch.setattr(_calibrate, "describe_cpu", lambda: AVX512)
     seen: list[tuple[str, bool, bool, int]] = []
     emb = _recording_tiny(seen, precision="auto", streams=streams)
@@ -419,7 +421,8 @@ def test_calibration_times_the_pass_add_many_runs(monkeypatch: pytest.MonkeyPatc
     emb.precision = "bf16"
     emb.embed_pixels([np.zeros((32, 32, 3), np.uint8)] * (emb.batch_size * streams))
     add_many = seen
-    assert {(in_mode, batch) for _, in_mode, _, batch in calibration} == {(True, emb.batch_size)}
+    assert emb.batch_size > CALIBRATION_BATCH
+    assert {(in_mode, batch) for _, in_mode, _, batch in calibration} == {(True, CALIBRATION_BATCH)}
     assert {(in_mode, batch) for _, in_mode, _, batch in add_many} == {(True, emb.batch_size)}
     assert {autocast for *_, autocast, _ in calibration} == {False, True}  # fp32 and bf16 both timed
     on_streams = {name.startswith("lookalike-forward") for name, *_ in calibration}

@@ -38,6 +38,9 @@ DECODES = ("cpu", "gpu", "auto")  #: where add_many decodes JPEGs for this model
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (docs/performance.md, "Batch size")
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
+#: at most this many images per stream in the passes that choose "auto" on CPU (add_many's
+#: batch costs seconds more a load; a smaller batch only favours fp32, docs/performance.md)
+CALIBRATION_BATCH = 4
 
 #: torch, once a model has loaded (or :class:`ForwardStreams` started): bound by
 #: :func:`import_torch`, so that ``import lookalike`` never imports it.
@@ -314,11 +317,12 @@ class TorchEmbedder:
 
     def _calibration_pass(self) -> tuple[Callable[[str], None], int]:
         """What ``precision="auto"`` times on the CPU, and how many images it embeds: the
-        pass ``add_many`` runs, in the given precision. That is one forward pass of
-        ``batch_size`` images per stream, side by side on the embedder's streams, each in
-        inference mode on its own thread (:meth:`_inference`; inference mode is per thread,
-        and CLIP's bf16 pass is 10x slower in it than outside: docs/performance.md)."""
-        n = self.batch_size
+        pass ``add_many`` runs, in the given precision: one forward pass per stream, side by
+        side on the embedder's streams, each in inference mode on its own thread
+        (:meth:`_inference`; inference mode is per thread, and CLIP's bf16 pass is 10x
+        slower in it than outside: docs/performance.md), of ``batch_size`` images each, or
+        :data:`CALIBRATION_BATCH` where fewer."""
+        n = min(self.batch_size, CALIBRATION_BATCH)
         batch: Any = None
         streams: ForwardStreams | None = None
 
