@@ -162,6 +162,7 @@ def test_the_choice_is_cached_and_reused(tmp_path: Path) -> None:
     assert entry["per_image_s"] == {"fp32": {"wall": 1 / 16, "cpu": 1 / 16}, "bf16": {"wall": 0.5 / 16, "cpu": 0.25 / 16}}
     assert entry["images_per_pass"] == 16 and entry["rounds"] == 1
     assert entry["calibration_s"] == (1.0 + 0.5) * 2  # warm-ups + one round, fake clock
+    assert entry["calibration_cpu_s"] == (1.0 + 0.25) * 2
     assert [p.name for p in path.parent.iterdir()] == ["precision.json"]  # no temporary left
 
 
@@ -390,7 +391,7 @@ def _recording_tiny(seen: list[tuple[str, bool, bool, int]], **kwargs: Any) -> A
     from lookalike.embedders._torch import TorchEmbedder
     from lookalike.preprocess import ImagePreprocess
 
-    class Recording(torch.nn.Module):  # type: ignore[misc]
+    class Recording(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 4, 3, stride=4)

@@ -207,24 +207,25 @@ def choose_cpu_precision(
     entry = read_cache(path).get(key)
     if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16"):
         return str(entry["precision"])
-    started = clock()
+    started, started_cpu = clock(), cpu_clock()
     try:
         measured = measure(run, ("fp32", "bf16"), clock, cpu_clock)
     except Exception as exc:  # e.g. an operator with no bf16 kernel: fp32, and the model's own
         # errors (if any) surface on first use as they would have
         log.warning("lookalike: precision auto could not time bf16 against fp32 (%s); using fp32", exc)
         return "fp32"
-    took = clock() - started
+    took, took_cpu = clock() - started, cpu_clock() - started_cpu
     choice = pick(measured)
     per_image = {p: t / images for p, t in (measured.best or measured.warm_up).items()}
-    log.info("lookalike: precision auto -> %s on %s (%s): per image %s (%s); measured in %.1f s", choice,
+    log.info("lookalike: precision auto -> %s on %s (%s): per image %s (%s); measured in %.1f s "
+             "(CPU %.1f s)", choice,
              cpu.model, cpu.bf16_class,
              ", ".join(f"{p} {t.wall * 1000:.0f} ms (CPU {t.cpu * 1000:.0f} ms)" for p, t in per_image.items()),
-             f"fastest of {measured.rounds} timed rounds" if measured.rounds else "warm-up passes only", took)
+             f"fastest of {measured.rounds} timed rounds" if measured.rounds else "warm-up passes only", took, took_cpu)
     write_cache(path, key, {
         "precision": choice, "per_image_s": {p: asdict(t) for p, t in per_image.items()},
         "warm_up_s": {p: asdict(t) for p, t in measured.warm_up.items()}, "rounds": measured.rounds,
-        "images_per_pass": images, "calibration_s": took, "cpu": cpu.model, "bf16_class": cpu.bf16_class,
+        "images_per_pass": images, "calibration_s": took, "calibration_cpu_s": took_cpu, "cpu": cpu.model, "bf16_class": cpu.bf16_class,
         "identity": identity, "torch": torch_version, "threads": threads, "streams": streams, "batch": batch,
     })
     return choice
