@@ -152,9 +152,10 @@ class TorchEmbedder:
         precision: ``"fp32"`` (default here, since an arbitrary module's tolerance of
             low precision is unknown), ``"bf16"`` (autocast), ``"fp16"`` (autocast,
             CUDA only), or ``"auto"``: fp16 on CUDA; on a CPU with native bf16 (AMX or
-            AVX512-BF16) whichever of fp32 and bf16 a few timed forward passes find
-            faster (bf16 only when faster by more than 10%), cached per CPU, model,
-            torch version, threads and streams in the cache directory; else fp32.
+            AVX512-BF16) whichever of fp32 and bf16 a few timed forward passes (those
+            ``add_many`` runs) find faster (bf16 only when faster by more than 20% on
+            both the wall clock and CPU time), cached per CPU, model, torch version,
+            threads, streams and batch in the cache directory; else fp32.
             ``$LOOKALIKE_PRECISION`` overrides ``"auto"``; :attr:`precision` holds
             the choice once loaded. The ready-made model embedders
             default to ``"auto"``. Precision is not part of ``identity``: bf16/fp16
