@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -93,10 +94,11 @@ def cache_key(cpu: CpuDescription, identity: str, torch_version: str, threads: i
 
 
 def read_cache(path: Path) -> dict[str, Any]:
-    """The cached choices; empty where the file is missing, unreadable or corrupt."""
+    """The cached choices; empty where the file is missing, unreadable or corrupt (nested
+    past the parser's recursion limit included)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -142,6 +144,11 @@ class Measurement:
 
 
 def _faster(fast: Timing, slow: Timing, margin: float) -> bool:
+    """``fast`` beat ``slow`` by more than ``margin`` on both clocks; never on times that
+    cannot be right (zero, negative or not finite: a coarse or broken clock)."""
+    times = (fast.wall, fast.cpu, slow.wall, slow.cpu)
+    if not all(0 < t < math.inf for t in times):
+        return False
     return slow.wall > margin * fast.wall and slow.cpu > margin * fast.cpu
 
 
