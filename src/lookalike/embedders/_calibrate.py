@@ -135,8 +135,8 @@ class Timing:
 
 @dataclass(frozen=True)
 class Measurement:
-    """What :func:`measure` saw: the untimed-for-the-choice warm-up pass of each candidate
-    and, after ``rounds`` timed rounds, each candidate's fastest pass on each clock."""
+    """What :func:`measure` saw: each candidate's warm-up pass (timed, but a choice of bf16
+    never rests on it) and, over ``rounds`` timed rounds, its fastest pass on each clock."""
 
     warm_up: dict[str, Timing]
     best: dict[str, Timing]
@@ -155,7 +155,7 @@ def _faster(fast: Timing, slow: Timing, margin: float) -> bool:
 def measure(run: Callable[[str], None], candidates: tuple[str, ...],
             clock: Callable[[], float] = time.perf_counter,
             cpu_clock: Callable[[], float] = time.process_time) -> Measurement:
-    """Time ``run(precision)`` for each candidate (``("fp32", "bf16")``): one warm-up round
+    """Time ``run(precision)`` for each candidate (fp32 and bf16, in that order): one warm-up round
     (oneDNN creates its kernels on a first pass), then up to :data:`ROUNDS` timed rounds,
     the candidates alternating in order from one round to the next so that a load that comes
     and goes falls on each of them alike. Each clock keeps its fastest pass per candidate.
