@@ -38,7 +38,9 @@ DECODES = ("cpu", "gpu", "auto")  #: where add_many decodes JPEGs for this model
 CPU_BATCH_SIZE = 16  #: default forward batch on CPU (docs/performance.md, "Batch size")
 STREAM_BATCH_SIZE = 8  #: default forward batch per CPU stream (one thread each on 2 cores)
 CUDA_BATCH_SIZE = 64  #: default forward batch on CUDA
-CALIBRATION_BATCH = 2  #: at most this many images per stream in the passes that choose "auto" on CPU
+#: at most this many images per stream in the passes that choose "auto" on CPU (add_many's
+#: batch costs seconds more a load; a smaller batch only favours fp32, docs/performance.md)
+CALIBRATION_BATCH = 4
 
 #: torch, once a model has loaded (or :class:`ForwardStreams` started): bound by
 #: :func:`import_torch`, so that ``import lookalike`` never imports it.
@@ -150,9 +152,10 @@ class TorchEmbedder:
         precision: ``"fp32"`` (default here, since an arbitrary module's tolerance of
             low precision is unknown), ``"bf16"`` (autocast), ``"fp16"`` (autocast,
             CUDA only), or ``"auto"``: fp16 on CUDA; on a CPU with native bf16 (AMX or
-            AVX512-BF16) whichever of fp32 and bf16 a few timed forward passes find
-            faster (bf16 only when faster by more than 10%), cached per CPU, model,
-            torch version, threads and streams in the cache directory; else fp32.
+            AVX512-BF16) whichever of fp32 and bf16 a few timed forward passes (those
+            ``add_many`` runs) find faster (bf16 only when faster by more than 20% on
+            both the wall clock and CPU time), cached per CPU, model, torch version,
+            threads, streams and batch in the cache directory; else fp32.
             ``$LOOKALIKE_PRECISION`` overrides ``"auto"``; :attr:`precision` holds
             the choice once loaded. The ready-made model embedders
             default to ``"auto"``. Precision is not part of ``identity``: bf16/fp16
@@ -306,16 +309,20 @@ class TorchEmbedder:
         self._module = module
         self.jpeg_decoder = self._jpeg_decoder()
         if self.precision == "auto":  # only on CPU: measured on this model, or cached
+            run, images = self._calibration_pass()
             self.precision = _calibrate.choose_cpu_precision(
-                self._calibration_pass(), cpu=_calibrate.describe_cpu(), identity=self.identity,
+                run, cpu=_calibrate.describe_cpu(), identity=self.identity,
                 torch_version=str(torch.__version__), threads=torch.get_num_threads(),
-                streams=self.streams, batch=self.batch_size)
+                streams=self.streams, batch=self.batch_size, images=images)
         self._ready = True
 
-    def _calibration_pass(self) -> Callable[[str], None]:
-        """One forward pass per stream side by side (as ``add_many`` runs them) of up to
-        :data:`CALIBRATION_BATCH` images each, in the given precision: what
-        ``precision="auto"`` times on the CPU. The streams are those the embedder runs on."""
+    def _calibration_pass(self) -> tuple[Callable[[str], None], int]:
+        """What ``precision="auto"`` times on the CPU, and how many images it embeds: the
+        pass ``add_many`` runs, in the given precision: one forward pass per stream, side by
+        side on the embedder's streams, each in inference mode on its own thread
+        (:meth:`_inference`; inference mode is per thread, and CLIP's bf16 pass is 10x
+        slower in it than outside: docs/performance.md), of ``batch_size`` images each, or
+        :data:`CALIBRATION_BATCH` where fewer."""
         n = min(self.batch_size, CALIBRATION_BATCH)
         batch: Any = None
         streams: ForwardStreams | None = None
@@ -328,14 +335,13 @@ class TorchEmbedder:
                     streams = self._forward_streams = ForwardStreams(self.streams)
             saved, self.precision = self.precision, precision
             try:
-                with torch.inference_mode():
-                    if streams is None:
-                        self._eager(batch)
-                    else:
-                        streams.map(self._eager, [batch] * streams.count)
+                if streams is None:
+                    self._inference(batch)
+                else:
+                    streams.map(self._inference, [batch] * streams.count)
             finally:
                 self.precision = saved
-        return run
+        return run, n * (self.streams if self.streams > 1 else 1)
 
     def _sample_batch(self, n: int) -> Any:
         """``n`` copies of a noise image, preprocessed: the model's input shape."""
@@ -552,6 +558,11 @@ class TorchEmbedder:
             features = self._replay(batch)
             if features is not None:
                 return features
+        return self._inference(batch)
+
+    def _inference(self, batch: Any) -> Any:
+        """:meth:`_eager` in inference mode on this thread: every forward pass but the CUDA
+        graphs' runs this, the calibration of ``precision="auto"`` included."""
         with torch.inference_mode():
             return self._eager(batch)
 
