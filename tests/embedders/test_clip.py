@@ -25,6 +25,7 @@ from ..conftest import TINY_CLIP, make_image
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip", reason="the [clip] extra (open-clip-torch) is not installed")
 
+from lookalike.embedders import clip as clip_module  # noqa: E402
 from lookalike.embedders.clip import ClipEmbedder  # noqa: E402
 
 TEXTS = ["a red car on a beach", "a dog", "A PHOTO of two cats, sleeping!", "über café 🚲", "x " * 40]
@@ -180,6 +181,7 @@ def test_offline_a_tag_fails_with_both_spellings_of_the_fix_never_random_weights
         raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
 
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
+    monkeypatch.setattr(clip_module, "_check_hub_reachable", lambda pretrained: None)  # the host answers
     emb = ClipEmbedder("ViT-B-32", device="cpu")
     for _ in range(2):  # the failure is kept: one download attempt, not one per call
         with pytest.raises(ModelLoadError) as info:
@@ -192,6 +194,42 @@ def test_offline_a_tag_fails_with_both_spellings_of_the_fix_never_random_weights
     with pytest.raises(ModelLoadError):
         emb.embed([make_image(1)])
     assert len(calls) == 1
+
+
+def test_offline_the_error_comes_at_once_not_after_a_minute_of_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    import open_clip.pretrained
+
+    downloads, probes = [], []
+
+    def never(cfg: Any, *args: Any, **kwargs: Any) -> str:
+        downloads.append(cfg)
+        raise AssertionError("a download was attempted although the host cannot be reached")
+
+    def unreachable(address: Any, timeout: float | None = None) -> Any:
+        probes.append((address, timeout))
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", never)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(clip_module.socket, "create_connection", unreachable)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelLoadError) as info:
+        ClipEmbedder("ViT-B-32", device="cpu").embed_text(["a red car"])
+    assert "huggingface.co cannot be reached: [Errno -2] Name or service not known" in str(info.value)
+    assert "weights='/path/to/open_clip_pytorch_model.bin'" in str(info.value)
+    assert downloads == [] and len(probes) == 1 and probes[0][1] == clip_module.HUB_PROBE_TIMEOUT
+
+
+def test_cached_weights_need_no_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub
+
+    cached = tmp_path / "open_clip_model.safetensors"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name, **k: str(cached) if name == cached.name else None)
+    monkeypatch.setattr(clip_module.socket, "create_connection",
+                        lambda *a, **k: pytest.fail("probed the host although the weights are cached"))
+    clip_module._check_hub_reachable({"hf_hub": "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"})
 
 
 # -- the fast add path ---------------------------------------------------------------------------

@@ -14,11 +14,13 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 from numpy.typing import NDArray
@@ -226,6 +228,7 @@ class _ClipModel:
 
         source = self.pretrained.get("hf_hub") or self.pretrained.get("url") or "open_clip's servers"
         try:
+            _check_hub_reachable(self.pretrained)
             with _quiet_open_clip():
                 path = download_pretrained(self.pretrained)
         except Exception as exc:  # offline: urllib, huggingface_hub and open_clip all raise their own
@@ -241,6 +244,38 @@ class _ClipModel:
         if not path:
             raise ModelLoadError(f"open_clip has no download for {self.model} {self.tag}")
         return str(path)
+
+
+HUB_PROBE_TIMEOUT = 5.0  #: seconds the Hugging Face host has to answer before a download
+
+
+def _check_hub_reachable(pretrained: dict[str, Any]) -> None:
+    """Raise ``OSError`` at once when weights hosted on the Hugging Face Hub are not in its
+    cache and the host does not answer: huggingface_hub retries with back-off for about a
+    minute before it gives up, which an offline machine should not have to sit through."""
+    hub = str(pretrained.get("hf_hub") or "")
+    if not hub or "file" in pretrained:
+        return
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # open_clip then downloads from the URL, or says the hub is missing
+        return
+    model_id, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    names = [filename, filename.rsplit(".", 1)[0] + ".safetensors"]
+    if filename == "open_clip_pytorch_model.bin":
+        names.append("open_clip_model.safetensors")
+    if any(isinstance(try_to_load_from_cache(model_id, name), str) for name in names):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise OSError("HF_HUB_OFFLINE is set and the weights are not in the Hugging Face cache")
+    endpoint = urlparse(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT).close()
+    except OSError as exc:
+        raise OSError(f"{host} cannot be reached: {exc}") from exc
 
 
 class _quiet_open_clip(logging.Filter):
