@@ -16,8 +16,16 @@ def test_ray_options_without_the_ray_engine_are_refused(option: list[str], image
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s.lookalike"
     assert main(["index", str(image_files), "--store", str(store), "--embedder", "fake", *option]) == 1
-    assert f"{option[0]} only apply with --engine ray" in capsys.readouterr().err
+    assert f"{option[0]} only applies with --engine ray" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_two_ray_options_without_the_ray_engine_are_named_together(image_files: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.lookalike"
+    assert main(["index", str(image_files), "--store", str(store), "--embedder", "fake", "--workers", "2",
+                 "--gpus-per-worker", "1"]) == 1
+    assert "--gpus-per-worker and --workers only apply with --engine ray" in capsys.readouterr().err
 
 
 def test_a_url_without_the_ray_engine_says_which_engine_reads_it(tmp_path: Path,

@@ -148,7 +148,8 @@ def _engine(args: argparse.Namespace) -> Any:
     if args.engine != "ray":
         given = [name for name, value in ray_options.items() if value is not None]
         if given:
-            raise ConfigurationError(f"{', '.join(given)} only apply with --engine ray")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ConfigurationError(f"{' and '.join(given)} only {verb} with --engine ray")
         return None
     if args.jpeg_decode == "gpu":
         raise ConfigurationError("--jpeg-decode gpu does not apply with --engine ray: its CPU tasks decode "
