@@ -253,6 +253,17 @@ def test_cli_dupes_text_json_report(photo_index: tuple[ImageSearchIndex, Path], 
     assert code == 0 and json.loads(out)["groups"] == []
 
 
+def test_cli_summary_counts_in_the_singular_where_there_is_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from lookalike import Hit, duplicates_cli
+    from lookalike.duplicates import DuplicateGroup, DuplicateGroups
+
+    group = DuplicateGroup([Hit("a", 1.0, path="a.jpg"), Hit("b", 0.97, path="b.jpg")])
+    duplicates_cli._print_text(DuplicateGroups([group], threshold=0.9), [("b", "b.jpg", "t/b.jpg")], False, 1)
+    out = capsys.readouterr().out
+    assert "1 group, 1 duplicate beyond the first of each group (threshold 0.900)" in out
+    assert "would move (dry run; add --apply to move) 1 file:" in out
+
+
 def test_cli_move_is_a_dry_run_unless_applied(photo_index: tuple[ImageSearchIndex, Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     index, root = photo_index

@@ -150,6 +150,10 @@ def _apply(moves: list[tuple[str, str, str]], index: ImageSearchIndex) -> int:
     return failed
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _print_text(groups: Any, moves: list[tuple[str, str, str]], applied: bool, planned: int | None) -> None:
     for number, group in enumerate(groups, 1):
         print(f"# group {number}: {len(group)} images")
@@ -157,14 +161,14 @@ def _print_text(groups: Any, moves: list[tuple[str, str, str]], applied: bool, p
             mark = "keep" if i == 0 else f"{hit.score:.4f}"
             print(f"  {mark:>6}  {quote_name(hit.path or hit.id)}")
     extra = sum(len(g) - 1 for g in groups)
-    print(f"{len(groups)} groups, {extra} duplicates beyond the first of each group "
+    print(f"{_count(len(groups), 'group')}, {_count(extra, 'duplicate')} beyond the first of each group "
           f"(threshold {groups.threshold:.3f})")
     if planned is None:
         return
     if applied:
-        print(f"moved {len(moves)} files" + (f" of {planned}" if len(moves) != planned else "")
+        print(f"moved {_count(len(moves), 'file')}" + (f" of {planned}" if len(moves) != planned else "")
               + ("" if not moves else ":"))
     else:
-        print(f"would move (dry run; add --apply to move) {len(moves)} files" + ("" if not moves else ":"))
+        print(f"would move (dry run; add --apply to move) {_count(len(moves), 'file')}" + ("" if not moves else ":"))
     for _, source, dest in moves:
         print(f"  {quote_name(source)} -> {quote_name(dest)}")
