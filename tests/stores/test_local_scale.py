@@ -428,37 +428,3 @@ def test_a_faiss_without_the_signed_direct_codec_keeps_search_exact(
         )
     finally:
         store.close()
-
-
-@pytest.mark.parametrize("block_rows", [1, 50, 4096])
-def test_ann_rerank_in_blocks_equals_one_query_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_rows: int
-) -> None:
-    """The re-rank reads a block of queries' candidates together (each row once); hits
-    and exact scores are those of searching each query alone, whatever the block size,
-    with rows deleted and written after the index was built."""
-    from lookalike.stores.local import _search
-
-    store = LocalStore(tmp_path / "b.lookalike", ann_threshold=2000)
-    vecs = fill(store, 3000)
-    assert store.search_mode == "ann"
-    store.upsert(records(clustered(20, seed=31), 3000))
-    assert store.delete([f"r{i}" for i in range(0, 3000, 7)]) == 429
-    queries = np.concatenate([vecs[:40], vecs[:5]])  # repeated queries share their candidates
-    alone = [store.search(q, 4)[0] for q in queries]
-    mirror = store._mirror
-    assert mirror is not None
-    reads: list[np.ndarray] = []
-    rows = mirror.rows
-    monkeypatch.setattr(mirror, "rows", lambda pos: reads.append(np.asarray(pos)) or rows(pos))
-    monkeypatch.setattr(_search, "_RERANK_ROWS", block_rows)
-    together = store.search(queries, 4)
-    assert [[(h.id, h.score, h.metadata) for h in hs] for hs in together] == [
-        [(h.id, h.score, h.metadata) for h in hs] for hs in alone
-    ]
-    assert all(len(np.unique(r)) == len(r) for r in reads)  # no row read twice in a block
-    if block_rows == 4096:  # one block: the repeated queries cost no further read
-        read_all = len(reads[-1])
-        store.search(queries[:40], 4)
-        assert len(reads[-1]) == read_all
-    store.close()

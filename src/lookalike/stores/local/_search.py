@@ -29,9 +29,6 @@ __all__ = ["search"]
 # matches); above it, the index probes proportionally more lists than unfiltered searches.
 _EXACT_FILTER_LIMIT = 256
 _ALL_LISTS_LIMIT = 50_000
-# Candidate rows re-ranked per block of queries: read together (sorted, each row once),
-# so a batch costs one read per distinct row, and memory stays this many vectors.
-_RERANK_ROWS = 4096
 
 _Found = list[tuple[NDArray[np.int64], NDArray[np.float32]]]  # (rowids, scores) per query
 
@@ -138,54 +135,25 @@ def _search_ann(
     # written after the index (or, never expected, missing from it): scored exactly
     delta = np.concatenate([extra, np.flatnonzero(valid[split:]) + split])
     delta_scores = mirror.rows(delta) @ queries.T if len(delta) else None
-    where_at, ok = _positions(rowids, valid, ids)
     out = []
-    per = max(1, _RERANK_ROWS // max(1, ids.shape[1]))
-    for start in range(0, nq, per):  # the block's rows read once, sorted, then scored per query
-        block = slice(start, min(nq, start + per))
-        wanted = np.unique(where_at[block][ok[block]])
-        vectors = mirror.rows(wanted)
-        for j in range(block.start, block.stop):
-            pos = where_at[j][ok[j]]
-            exact = vectors[np.searchsorted(wanted, pos)] @ queries[j]
-            out.append(_best(rowids, pos, exact, delta, delta_scores, j, k))
+    for j in range(nq):
+        got = ids[j][ids[j] >= 0]
+        pos = np.searchsorted(rowids, got)
+        ok = pos < size
+        pos = pos[ok]
+        pos = pos[(rowids[pos] == got[ok]) & valid[pos]]
+        exact = mirror.rows(pos) @ queries[j]
+        if delta_scores is not None:
+            pos = np.concatenate([pos, delta])
+            exact = np.concatenate([exact, delta_scores[:, j]])
+        best = top_k(exact, min(k, len(pos)))
+        out.append((rowids[pos[best]], exact[best]))
     return out
 
 
-def _positions(
-    rowids: NDArray[np.int64], valid: NDArray[np.bool_], ids: NDArray[np.int64]
-) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
-    """The mirror positions of the index's ``ids`` (nq, pool), and which of them are
-    there and valid (not ``-1`` padding, not gone, matching the filter)."""
-    where_at = np.searchsorted(rowids, ids)
-    inside = where_at < len(rowids)
-    clipped = np.where(inside, where_at, 0)
-    ok = (ids >= 0) & inside
-    if len(rowids):
-        ok &= (rowids[clipped] == ids) & valid[clipped]
-    return where_at, ok
-
-
-def _best(
-    rowids: NDArray[np.int64],
-    pos: NDArray[np.intp],
-    exact: NDArray[np.float32],
-    delta: NDArray[np.intp],
-    delta_scores: NDArray[np.float32] | None,
-    j: int,
-    k: int,
-) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """Query ``j``'s ``k`` best of its re-ranked candidates and the rows scored exactly."""
-    if delta_scores is not None:
-        pos = np.concatenate([pos, delta])
-        exact = np.concatenate([exact, delta_scores[:, j]])
-    best = top_k(exact, min(k, len(pos)))
-    return rowids[pos[best]], exact[best]
-
-
 def _pool(k: int) -> int:
-    """Candidates of an unfiltered search re-ranked with their float32 vectors (read
-    with ``pread``, each distinct row once per block of queries): at 100k recall@10 was the same with 15 as with 40."""
+    """Candidates of an unfiltered search re-ranked with their float32 vectors (each
+    read with a ``pread``): at 100k recall@10 was the same with 15 as with 40."""
     return max(2 * k, k + 10)
 
 
