@@ -105,8 +105,8 @@ def test_tampered_tables_describing_the_vector_file(tmp_path: Path, sql: str) ->
 @pytest.mark.parametrize(
     "tail",
     [
-        b"LOOKALIKE-ANN 3\n" + b'{"store": "x"}',
-        b"LOOKALIKE-ANN 3\n" + b'{"payload_bytes": 99999999999}',
+        b"LOOKALIKE-ANN 4\n" + b'{"store": "x"}',
+        b"LOOKALIKE-ANN 4\n" + b'{"payload_bytes": 99999999999}',
         b"\xff" * 10,
     ],
 )
@@ -129,7 +129,7 @@ def test_garbage_in_the_index_file(tmp_path: Path, tail: bytes) -> None:
 
 
 def _index_trailer(ann: Path) -> dict[str, object]:
-    meta: dict[str, object] = json.loads(ann.read_bytes()[-4096:][len(b"LOOKALIKE-ANN 3\n") :])
+    meta: dict[str, object] = json.loads(ann.read_bytes()[-4096:][len(b"LOOKALIKE-ANN 4\n") :])
     return meta
 
 
@@ -150,21 +150,21 @@ def test_an_index_file_whose_codec_is_wrong_is_rebuilt(tmp_path: Path, damage: s
     meta = _index_trailer(ann)
     at = int(meta["faiss_bytes"])  # type: ignore[call-overload]
     if damage == "previous format":
-        data[-4096 : -4096 + 16] = b"LOOKALIKE-ANN 2\n"
+        data[-4096 : -4096 + 16] = b"LOOKALIKE-ANN 3\n"  # the lists before they were centred
     elif damage == "codec zeroed":
         data[at : at + 64] = bytes(64)
     elif damage == "codec NaN":
         data[at : at + 8] = b"\xff" * 8
     elif damage == "codec moved":
         blob = json.dumps(dict(meta, faiss_bytes=at - 4)).encode()
-        data[-4096:] = (b"LOOKALIKE-ANN 3\n" + blob).ljust(4096, b" ")
+        data[-4096:] = (b"LOOKALIKE-ANN 4\n" + blob).ljust(4096, b" ")
     else:
         cut = 8 * DIM
         data = data[: at + cut // 2] + data[at + cut :]  # the file is shorter than it says
     ann.write_bytes(bytes(data))
     with LocalStore(path, ann_threshold=100) as store:
         assert store.search_mode == "ann"  # rebuilt from the vectors
-        assert ann.read_bytes()[-4096:].startswith(b"LOOKALIKE-ANN 3\n")
+        assert ann.read_bytes()[-4096:].startswith(b"LOOKALIKE-ANN 4\n")
         assert _index_trailer(ann)["faiss_bytes"] == at
         for i in (17, 250):
             top = store.search(recs[i].vector, 1)[0][0]

@@ -7,16 +7,21 @@ them as ``QT_8bit_direct_signed`` (the integer ``c - 128``) and scans them with 
 integer dot product against the query scaled by ``vdiff / 255`` and rounded to 8 bits:
 the inner products then differ from the 8-bit ones by a constant factor and offset per
 query (plus the query's rounding), for about a quarter of the CPU of decoding every code.
-The coarse lists are chosen with the unscaled query (``search_preassigned``). Its lists come from plain (Euclidean,
-non-spherical) k-means on a sample, which keeps them balanced on data with many more
-clusters than lists (spherical k-means for inner product piles whole groups of clusters
-into a few huge lists). It is a *derived* file next to the store (``<store>.ann``):
+The coarse lists are chosen with the unscaled query (``search_preassigned``). Its lists come from spherical
+k-means on the sample *centred* on its mean and normalised, and a vector goes to the list
+whose centroid is nearest to its centred, normalised self. Image embeddings share a strong
+mean direction (pooled CNN features are all positive); clustered as they are, by
+Euclidean or spherical k-means, a few central lists become hubs that hold most of the
+vectors (on the duplicates benchmark's data at 1M: the largest list 73,001 vectors against
+a median of 110, so a query scanned 564k codes, half the store). Centred, every centroid
+has the same norm and no list is central: at 100k of the same data the largest list held
+242 vectors against 5,508 (docs/performance.md). It is a *derived* file next to the store (``<store>.ann``):
 SQLite stays the source of truth, and the file is rebuilt whenever it is missing, stale
 beyond repair or damaged. faiss is imported only here, and only when a store is big
 enough to need it (extra ``[ann]``).
 
-File layout: faiss's own serialisation, then the 8-bit codec (``vmin`` and ``vdiff``,
-``2 * dim`` float32), then a 4096-byte trailer (a magic line, then JSON padded with
+File layout: faiss's own serialisation, then the codec (``vmin`` and ``vdiff`` of the
+8-bit codes and the centre the lists were clustered around, ``3 * dim`` float32), then a 4096-byte trailer (a magic line, then JSON padded with
 spaces) naming the store (its uuid), the last rowid the index holds, the payload size,
 where the codec starts, and CRC-32 checksums of the codec, of the payload's head and of
 all of it. The file is memory-mapped (faiss ``IO_FLAG_MMAP``), so opening it reads only
@@ -44,7 +49,7 @@ from ...errors import MissingDependencyError
 
 __all__ = ["AnnFileError", "IvfIndex", "ann_available", "choose_nlist"]
 
-_MAGIC = b"LOOKALIKE-ANN 3\n"  # 3: direct-scanned codes (2: QT_8bit)
+_MAGIC = b"LOOKALIKE-ANN 4\n"  # 4: centred lists (3: direct-scanned codes; 2: QT_8bit)
 _TRAILER_BYTES = 4096
 _HEAD_BYTES = 1 << 22  # checksummed on every open: the centroids and the first lists
 _CHUNK = 1 << 22
@@ -69,6 +74,15 @@ def ann_available() -> bool:
     except MissingDependencyError:
         return False
     return hasattr(faiss.ScalarQuantizer, "QT_8bit_direct_signed")
+
+
+def _centred(vectors: NDArray[np.float32], centre: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``vectors - centre``, each scaled to unit length (a zero row stays zero): what the
+    lists are clustered and chosen on."""
+    moved = np.asarray(vectors, dtype=np.float32) - centre
+    norms = np.linalg.norm(moved, axis=1, keepdims=True)
+    out: NDArray[np.float32] = np.ascontiguousarray(moved / np.where(norms > 0, norms, 1), dtype=np.float32)
+    return out
 
 
 def choose_nlist(n: int) -> int:
@@ -111,11 +125,12 @@ class IvfIndex:
         self._ntotal: int | None = None
         self._codes: _Codes | None | bool = None  # False: not mapped, no codes by rowid
         dim = int(index.d)
-        if int(index.sq.qtype) != _direct(self._faiss) or codec.shape != (2 * dim,):
-            raise AnnFileError("not an index of direct-scanned 8-bit codes")
-        self.codec = np.ascontiguousarray(codec, dtype=np.float32)  # vmin, then vdiff
+        if int(index.sq.qtype) != _direct(self._faiss) or codec.shape != (3 * dim,):
+            raise AnnFileError("not an index of direct-scanned 8-bit codes in centred lists")
+        self.codec = np.ascontiguousarray(codec, dtype=np.float32)  # vmin, vdiff, centre
         self._vmin = self.codec[:dim]
-        vdiff = self.codec[dim:]
+        vdiff = self.codec[dim : 2 * dim]
+        self._centre = self.codec[2 * dim :]
         self._step = np.where(vdiff > 0, vdiff, np.float32(1)).astype(np.float32)
         self._query_scale = (vdiff / np.float32(255)).astype(np.float32)
 
@@ -126,17 +141,18 @@ class IvfIndex:
         faiss = _faiss()
         sample = np.ascontiguousarray(sample, dtype=np.float32)
         nlist = min(choose_nlist(n_expected), max(1, sample.shape[0] // 8))
+        centre = sample.mean(axis=0).astype(np.float32)
         kmeans = faiss.Kmeans(
             dim,
             nlist,
             niter=10,
             seed=1234,
-            spherical=False,
+            spherical=True,
             max_points_per_centroid=64,
             min_points_per_centroid=4,
         )
-        kmeans.train(sample)
-        quantizer = faiss.IndexFlatL2(dim)
+        kmeans.train(_centred(sample, centre))
+        quantizer = faiss.IndexFlatIP(dim)
         quantizer.add(kmeans.centroids)
         # Not by residual: the scanner would take the coarse L2 distance for an inner product.
         index = faiss.IndexIVFScalarQuantizer(
@@ -145,7 +161,7 @@ class IvfIndex:
         index.train(sample)  # the quantizer is trained already: this trains the 8-bit codec
         index.set_direct_map_type(faiss.DirectMap.NoMap)
         # Scanned as direct codes from now on; vmin and vdiff are saved after faiss's part.
-        codec = faiss.vector_to_array(index.sq.trained).astype(np.float32)
+        codec = np.concatenate([faiss.vector_to_array(index.sq.trained).astype(np.float32), centre])
         index.sq.qtype = _direct(faiss)
         index.sq.trained.clear()
         index.sq.set_derived_sizes()
@@ -183,8 +199,7 @@ class IvfIndex:
         """How many codes each query's probed lists hold."""
         sizes = self.list_sizes()
         _, lists = self.index.quantizer.search(
-            np.ascontiguousarray(queries, dtype=np.float32),
-            max(1, min(nprobe or self.nprobe, self.nlist)),
+            _centred(queries, self._centre), max(1, min(nprobe or self.nprobe, self.nlist))
         )
         scanned: NDArray[np.int64] = sizes[lists].sum(axis=1)
         return scanned
@@ -197,7 +212,7 @@ class IvfIndex:
         faiss = self._faiss
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(rowids, dtype=np.int64)
-        _, lists = self.index.quantizer.search(vectors, 1)  # lists of the unscaled vectors
+        _, lists = self.index.quantizer.search(_centred(vectors, self._centre), 1)
         lists = np.ascontiguousarray(lists.reshape(-1), dtype=np.int64)
         codes = self._encode(vectors)
         self.index.add_core(
@@ -234,7 +249,7 @@ class IvfIndex:
         scores = np.empty((n, k), dtype=np.float32)
         ids = np.empty((n, k), dtype=np.int64)
         with self._threads(n):
-            coarse, lists = self.index.quantizer.search(queries, nprobe)
+            coarse, lists = self.index.quantizer.search(_centred(queries, self._centre), nprobe)
             lists = np.ascontiguousarray(lists, dtype=np.int64)
             coarse = np.ascontiguousarray(coarse, dtype=np.float32)
             scaled = self._scaled(queries)
@@ -427,8 +442,9 @@ class IvfIndex:
 
     @staticmethod
     def _codec(path: Path, meta: dict[str, Any], dim: int) -> NDArray[np.float32]:
-        """vmin and vdiff of the 8-bit codes, saved right after faiss's serialisation."""
-        at, want = int(meta.get("faiss_bytes", -1)), 8 * dim
+        """vmin and vdiff of the 8-bit codes and the lists' centre, saved right after
+        faiss's serialisation."""
+        at, want = int(meta.get("faiss_bytes", -1)), 12 * dim
         if at < 0 or at + want != int(meta.get("payload_bytes", -1)):
             raise AnnFileError("no 8-bit codec in the file")
         with open(path, "rb") as fh:
@@ -439,7 +455,7 @@ class IvfIndex:
         if zlib.crc32(blob) != meta.get("codec_crc32"):  # checked on every open
             raise AnnFileError("checksum mismatch (8-bit codec)")
         codec = np.frombuffer(blob, dtype=np.float32).copy()
-        if not np.isfinite(codec).all() or (codec[dim:] < 0).any():
+        if not np.isfinite(codec).all() or (codec[dim : 2 * dim] < 0).any():
             raise AnnFileError("damaged 8-bit codec")
         return codec
 
