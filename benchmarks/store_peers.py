@@ -244,8 +244,11 @@ def ivf_lists(root: object, queries: np.ndarray) -> dict[str, Any] | None:
             if not isinstance(nprobe, int) or isinstance(nprobe, bool) or nprobe < 1:
                 nprobe = int(ivf.nprobe)
             nprobe = min(nprobe, int(ivf.nlist))
-            probe = ivf.quantizer.search(np.ascontiguousarray(queries), nprobe)[1]
-            codes = sizes[probe].sum(1)
+            scanned = getattr(holder, "codes_scanned", None)  # an engine that files vectors its own way
+            if callable(scanned):
+                codes = np.asarray(scanned(np.ascontiguousarray(queries, dtype=np.float32), nprobe))
+            else:
+                codes = sizes[ivf.quantizer.search(np.ascontiguousarray(queries), nprobe)[1]].sum(1)
             return {
                 "nlist": int(ivf.nlist),
                 "nprobe": nprobe,

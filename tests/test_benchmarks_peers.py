@@ -145,6 +145,25 @@ def test_ivf_list_sizes_and_codes_scanned_are_read_from_inside_a_store(
     assert store_peers.ivf_lists(type("Plain", (), {})(), queries) is None
 
 
+def test_codes_scanned_follow_lookalikes_centred_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LocalStore's index files vectors by their centred direction, not by the raw
+    quantizer search: the benchmark asks the index itself what its probes scan."""
+    pytest.importorskip("faiss")
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import store_peers
+
+    from lookalike.stores.local._ivf import IvfIndex
+
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((800, 16)) + 4).astype(np.float32)  # a shared mean direction
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ann = IvfIndex.train(16, data, 800)
+    ann.add(np.arange(1, 801, dtype=np.int64), data)
+    got = store_peers.ivf_lists({"ann": ann}, data[:20])
+    assert got is not None and got["nprobe"] == ann.nprobe
+    assert got["codes_per_query_mean"] == pytest.approx(ann.codes_scanned(data[:20]).mean())
+
+
 def test_a_system_that_fails_is_reported_and_the_run_exits_1(tmp_path: Path) -> None:
     out = tmp_path / "peers.json"
     done = _run(

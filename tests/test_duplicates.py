@@ -349,14 +349,8 @@ def test_components_match_a_reference_union_find() -> None:
         assert _components(left.astype(np.intp), right.astype(np.intp), n).tolist() == expected
 
 
-def test_only_images_whose_last_hit_qualifies_are_searched_again() -> None:
-    """The first search asks FIRST_K hits for every image; further searches only for the
-    images of groups larger than that, each time GROWTH times as many."""
-    from lookalike.duplicates import GROWTH
-
-    rng = np.random.default_rng(8)
-    records, truth = planted(rng, [2, FIRST_K - 1, FIRST_K, FIRST_K * GROWTH + 3], singles=40)
-    inner = make_store("memory", Path("."), records)
+def _counting_searches(inner: Any) -> tuple[Any, list[tuple[int, int]]]:
+    """``inner`` behind a proxy that records each search's (queries, k)."""
     asked: list[tuple[int, int]] = []
 
     class Spy:
@@ -367,7 +361,19 @@ def test_only_images_whose_last_hit_qualifies_are_searched_again() -> None:
             asked.append((len(vectors), k))
             return inner.search(vectors, k, filter)
 
-    groups = find_duplicates(Spy(), 0.9, batch_size=1000)
+    return Spy(), asked
+
+
+def test_only_images_whose_last_hit_qualifies_are_searched_again() -> None:
+    """The first search asks FIRST_K hits for every image; further searches only for the
+    images of groups larger than that, each time GROWTH times as many."""
+    from lookalike.duplicates import GROWTH
+
+    rng = np.random.default_rng(8)
+    records, truth = planted(rng, [2, FIRST_K - 1, FIRST_K, FIRST_K * GROWTH + 3], singles=40)
+    inner = make_store("memory", Path("."), records)
+    spy, asked = _counting_searches(inner)
+    groups = find_duplicates(spy, 0.9, batch_size=1000)
     assert sorted(({h.id for h in g} for g in groups), key=sorted) == sorted(truth, key=sorted)
     big = len(truth[3])
     assert asked == [(len(records), FIRST_K), (FIRST_K + big, FIRST_K * GROWTH),
@@ -380,17 +386,8 @@ def test_batches_start_with_the_k_the_previous_batch_needed() -> None:
     rng = np.random.default_rng(9)
     records, truth = planted(rng, [10] * 6, singles=0)
     inner = make_store("memory", Path("."), records)
-    asked: list[tuple[int, int]] = []
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(inner, name)
-
-        def search(self, vectors: np.ndarray, k: int, filter: Any = None) -> Any:
-            asked.append((len(vectors), k))
-            return inner.search(vectors, k, filter)
-
-    groups = find_duplicates(Spy(), 0.9, batch_size=20)
+    spy, asked = _counting_searches(inner)
+    groups = find_duplicates(spy, 0.9, batch_size=20)
     assert sorted(({h.id for h in g} for g in groups), key=sorted) == sorted(truth, key=sorted)
     # first batch: 4 hits, all qualify, again with 32; 10 needed, so the next ones ask 16
     assert asked == [(20, FIRST_K), (20, FIRST_K * 8), (20, 16), (20, 16)]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lookalike.stores import InMemoryStore, LocalStore
+from lookalike.stores.local._ivf import _MAGIC
 from lookalike.types import Record, Schema
 
 DIM = 8
@@ -105,19 +106,14 @@ def test_tampered_tables_describing_the_vector_file(tmp_path: Path, sql: str) ->
 @pytest.mark.parametrize(
     "tail",
     [
-        b"LOOKALIKE-ANN 4\n" + b'{"store": "x"}',
-        b"LOOKALIKE-ANN 4\n" + b'{"payload_bytes": 99999999999}',
+        _MAGIC + b'{"store": "x"}',
+        _MAGIC + b'{"payload_bytes": 99999999999}',
         b"\xff" * 10,
     ],
 )
 def test_garbage_in_the_index_file(tmp_path: Path, tail: bytes) -> None:
     pytest.importorskip("faiss")
-    path = tmp_path / "s.lookalike"
-    recs = records(400)
-    with LocalStore(path, ann_threshold=100) as store:
-        store.create_schema(SCHEMA)
-        store.upsert(recs)
-    ann = tmp_path / "s.lookalike.ann"
+    path, recs, ann = _indexed_store(tmp_path)
     assert ann.exists()
     data = ann.read_bytes()
     ann.write_bytes(data[:-4096] + tail.ljust(4096, b" "))
@@ -128,8 +124,18 @@ def test_garbage_in_the_index_file(tmp_path: Path, tail: bytes) -> None:
         assert store.check() == []
 
 
+def _indexed_store(tmp_path: Path) -> tuple[Path, list[Record], Path]:
+    """A store of 400 records with its index file built: (store, records, index file)."""
+    path = tmp_path / "s.lookalike"
+    recs = records(400)
+    with LocalStore(path, ann_threshold=100) as store:
+        store.create_schema(SCHEMA)
+        store.upsert(recs)
+    return path, recs, tmp_path / "s.lookalike.ann"
+
+
 def _index_trailer(ann: Path) -> dict[str, object]:
-    meta: dict[str, object] = json.loads(ann.read_bytes()[-4096:][len(b"LOOKALIKE-ANN 4\n") :])
+    meta: dict[str, object] = json.loads(ann.read_bytes()[-4096:][len(_MAGIC) :])
     return meta
 
 
@@ -137,15 +143,10 @@ def _index_trailer(ann: Path) -> dict[str, object]:
     "damage", ["previous format", "codec zeroed", "codec NaN", "codec moved", "codec cut"]
 )
 def test_an_index_file_whose_codec_is_wrong_is_rebuilt(tmp_path: Path, damage: str) -> None:
-    """The 8-bit codec (vmin, vdiff) after faiss's part of <store>.ann is checked on
+    """The codec (vmin, vdiff, the lists' centre) after faiss's part of <store>.ann is checked on
     every open; an index of the previous format (QT_8bit scanned by faiss) is rebuilt."""
     pytest.importorskip("faiss")
-    path = tmp_path / "s.lookalike"
-    recs = records(400)
-    with LocalStore(path, ann_threshold=100) as store:
-        store.create_schema(SCHEMA)
-        store.upsert(recs)
-    ann = tmp_path / "s.lookalike.ann"
+    path, recs, ann = _indexed_store(tmp_path)
     data = bytearray(ann.read_bytes())
     meta = _index_trailer(ann)
     at = int(meta["faiss_bytes"])  # type: ignore[call-overload]
@@ -157,14 +158,14 @@ def test_an_index_file_whose_codec_is_wrong_is_rebuilt(tmp_path: Path, damage: s
         data[at : at + 8] = b"\xff" * 8
     elif damage == "codec moved":
         blob = json.dumps(dict(meta, faiss_bytes=at - 4)).encode()
-        data[-4096:] = (b"LOOKALIKE-ANN 4\n" + blob).ljust(4096, b" ")
+        data[-4096:] = (_MAGIC + blob).ljust(4096, b" ")
     else:
         cut = 8 * DIM
         data = data[: at + cut // 2] + data[at + cut :]  # the file is shorter than it says
     ann.write_bytes(bytes(data))
     with LocalStore(path, ann_threshold=100) as store:
         assert store.search_mode == "ann"  # rebuilt from the vectors
-        assert ann.read_bytes()[-4096:].startswith(b"LOOKALIKE-ANN 4\n")
+        assert ann.read_bytes()[-4096:].startswith(_MAGIC)
         assert _index_trailer(ann)["faiss_bytes"] == at
         for i in (17, 250):
             top = store.search(recs[i].vector, 1)[0][0]

@@ -81,7 +81,9 @@ def _centred(vectors: NDArray[np.float32], centre: NDArray[np.float32]) -> NDArr
     lists are clustered and chosen on."""
     moved = np.asarray(vectors, dtype=np.float32) - centre
     norms = np.linalg.norm(moved, axis=1, keepdims=True)
-    out: NDArray[np.float32] = np.ascontiguousarray(moved / np.where(norms > 0, norms, 1), dtype=np.float32)
+    out: NDArray[np.float32] = np.ascontiguousarray(
+        moved / np.where(norms > 0, norms, 1), dtype=np.float32
+    )
     return out
 
 
@@ -198,11 +200,19 @@ class IvfIndex:
     ) -> NDArray[np.int64]:
         """How many codes each query's probed lists hold."""
         sizes = self.list_sizes()
-        _, lists = self.index.quantizer.search(
-            _centred(queries, self._centre), max(1, min(nprobe or self.nprobe, self.nlist))
-        )
+        _, lists = self._nearest_lists(queries, max(1, min(nprobe or self.nprobe, self.nlist)))
         scanned: NDArray[np.int64] = sizes[lists].sum(axis=1)
         return scanned
+
+    def _nearest_lists(
+        self, vectors: NDArray[np.float32], count: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """The ``count`` lists whose centroids are nearest to each vector's centred,
+        normalised direction (how every vector is filed and every query probes)."""
+        found: tuple[NDArray[np.float32], NDArray[np.int64]] = self.index.quantizer.search(
+            _centred(vectors, self._centre), count
+        )
+        return found
 
     def add(self, rowids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
         self._ntotal = None
@@ -212,7 +222,7 @@ class IvfIndex:
         faiss = self._faiss
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(rowids, dtype=np.int64)
-        _, lists = self.index.quantizer.search(_centred(vectors, self._centre), 1)
+        _, lists = self._nearest_lists(vectors, 1)
         lists = np.ascontiguousarray(lists.reshape(-1), dtype=np.int64)
         codes = self._encode(vectors)
         self.index.add_core(
@@ -249,7 +259,7 @@ class IvfIndex:
         scores = np.empty((n, k), dtype=np.float32)
         ids = np.empty((n, k), dtype=np.int64)
         with self._threads(n):
-            coarse, lists = self.index.quantizer.search(_centred(queries, self._centre), nprobe)
+            coarse, lists = self._nearest_lists(queries, nprobe)
             lists = np.ascontiguousarray(lists, dtype=np.int64)
             coarse = np.ascontiguousarray(coarse, dtype=np.float32)
             scaled = self._scaled(queries)
