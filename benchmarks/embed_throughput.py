@@ -56,6 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -373,21 +374,24 @@ class AddMany:
         return rate
 
 
-def memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[str, Any]:
-    """add_many over a long stream (the images cycled, each under its own id): RSS samples."""
+def streamed(variant: AddMany, paths: list[Path], total: int, store_name: str,
+             also: Callable[[], float] | None = None) -> tuple[float, list[tuple[float, ...]], float]:
+    """add_many over a long stream (the images cycled, each under its own id) into its own
+    store ``store_name``: (seconds, samples ``(i, rss_mib[, also()])``, peak RSS MiB)."""
     from lookalike.sources import Item
 
     proc = psutil.Process()
-    samples: list[tuple[int, float]] = []
+    samples: list[tuple[float, ...]] = []
+    every = max(1, min(100, total // 20))
 
     def stream() -> Any:
-        every = max(1, min(100, total // 20))
         for i in range(total):
             if i % every == 0:
-                samples.append((i, proc.memory_info().rss / 2**20))
+                rss = proc.memory_info().rss / 2**20
+                samples.append((i, rss) if also is None else (i, rss, also()))
             yield Item(paths[i % len(paths)], id=f"img{i:07d}")
 
-    store = LocalStore(variant.store_dir / "stream.lookalike")
+    store = LocalStore(variant.store_dir / store_name)
     index = ImageSearchIndex(embedder=variant.embedder, store=store, batch_size=variant.batch,
                              workers=variant.workers, processes=variant.processes)
     started = time.perf_counter()
@@ -396,10 +400,16 @@ def memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[str, 
     seconds = time.perf_counter() - started
     assert len(report.added) == total, str(report)
     index.close()
+    return seconds, samples, mon.summary()["rss_peak_mib"]
+
+
+def memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[str, Any]:
+    """add_many over a long stream: RSS samples (flat after the first chunks = bounded)."""
+    seconds, samples, peak = streamed(variant, paths, total, "stream.lookalike")
     tenth = [r for i, r in samples if i >= total // 10]
     return {"images": total, "img_per_s": total / seconds, "processes": variant.processes, "rss_mib_samples": samples,
             "rss_at_10pct_mib": tenth[0], "rss_max_after_10pct_mib": max(tenth),
-            "rss_peak_mib": mon.summary()["rss_peak_mib"]}
+            "rss_peak_mib": peak}
 
 
 # -- (e) the GPU pixel path (#20) ------------------------------------------------------------
@@ -474,36 +484,16 @@ def gpu_memory_stream(variant: AddMany, paths: list[Path], total: int) -> dict[s
     memory torch holds along the stream: both flat after the first chunks = bounded."""
     import torch
 
-    from lookalike.sources import Item
-
     def gpu_mib() -> float:
         return torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
-    proc = psutil.Process()
-    samples: list[tuple[int, float, float]] = []
-    every = max(1, min(100, total // 20))
-
-    def stream() -> Any:
-        for i in range(total):
-            if i % every == 0:
-                samples.append((i, proc.memory_info().rss / 2**20, gpu_mib()))
-            yield Item(paths[i % len(paths)], id=f"img{i:07d}")
-
-    store = LocalStore(variant.store_dir / "stream-gpu-decode.lookalike")
-    index = ImageSearchIndex(embedder=variant.embedder, store=store, batch_size=variant.batch,
-                             workers=variant.workers)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    with RssMonitor() as mon:
-        report = index.add_many(stream())
-    seconds = time.perf_counter() - started
-    assert len(report.added) == total, str(report)
-    index.close()
+    seconds, samples, peak = streamed(variant, paths, total, "stream-gpu-decode.lookalike", also=gpu_mib)
     tenth = [(r, g) for i, r, g in samples if i >= total // 10]
     return {"images": total, "img_per_s": total / seconds, "samples_i_rss_mib_gpu_mib": samples,
             "rss_at_10pct_mib": tenth[0][0], "rss_max_after_10pct_mib": max(r for r, _ in tenth),
-            "rss_peak_mib": mon.summary()["rss_peak_mib"],
+            "rss_peak_mib": peak,
             "gpu_allocated_at_10pct_mib": tenth[0][1], "gpu_allocated_max_after_10pct_mib": max(g for _, g in tenth),
             "gpu_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
 
