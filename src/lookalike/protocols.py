@@ -12,6 +12,8 @@ when an index is built (``isinstance``), never probed member by member:
 - :class:`TextEmbedder`: an embedder with a text tower, for ``search(Text(...))``.
 - :class:`LoadableEmbedder`: an embedder that can load its model up front.
 - :class:`CheckableStore`: a store that can check (and repair) its own integrity.
+- :class:`PairSearchStore`: a store that finds its own similar pairs (a self-join), which
+  ``find_duplicates`` uses instead of one k-NN search per record.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from .types import Filter, Hit, Record, Schema
+from .types import Filter, Hit, Record, Schema, SimilarPairs
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -31,6 +33,7 @@ __all__ = [
     "CheckableStore",
     "Embedder",
     "LoadableEmbedder",
+    "PairSearchStore",
     "PendingVectors",
     "PixelEmbedder",
     "TextEmbedder",
@@ -195,3 +198,23 @@ class CheckableStore(Protocol):
     """
 
     def check(self, *, fix: bool = False, rebuild: bool = False) -> list[str]: ...
+
+
+@runtime_checkable
+class PairSearchStore(Protocol):
+    """A :class:`VectorStore` that finds every pair of its own records at or above a
+    cosine similarity itself (optional): a self-join the store can run far faster than
+    one k-NN search per record. ``find_duplicates`` uses it when a store has it.
+
+    ``similar_pairs(threshold, filter)`` yields :class:`~lookalike.types.SimilarPairs`
+    batches. Over all of them, each unordered pair of records matching ``filter`` whose
+    cosine similarity is at least ``threshold`` comes once (an approximate store may miss
+    some, as its ``search`` may), never a record paired with itself, and ``scanned`` adds
+    up to the records matching ``filter``. Records written during the iteration may or may
+    not be paired. :class:`~lookalike.stores.LocalStore` and
+    :class:`~lookalike.stores.InMemoryStore` are ones.
+    """
+
+    def similar_pairs(
+        self, threshold: float, filter: Filter | None = None
+    ) -> Iterator[SimilarPairs]: ...

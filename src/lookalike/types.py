@@ -24,6 +24,7 @@ __all__ = [
     "QueryInput",
     "Record",
     "Schema",
+    "SimilarPairs",
     "Text",
     "Vector",
 ]
@@ -217,6 +218,21 @@ class Hit:
         from .display import hits_html
 
         return hits_html([self], ranked=False)
+
+
+@dataclass(frozen=True)
+class SimilarPairs:
+    """One batch from a store's ``similar_pairs``: records ``left[i]`` and ``right[i]``
+    (ids) have cosine similarity ``scores[i]``. ``scanned`` is how many records this
+    batch covered, for progress: over all batches it adds up to the records compared."""
+
+    left: list[str]
+    right: list[str]
+    scores: NDArray[np.float32]
+    scanned: int
+
+    def __len__(self) -> int:
+        return len(self.left)
 
 
 @dataclass(frozen=True)

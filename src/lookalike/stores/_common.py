@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,8 @@ __all__ = [
     "check_batch_size",
     "check_same_schema",
     "check_search_args",
+    "check_threshold",
+    "exact_pairs",
     "require_schema",
     "validate_records",
 ]
@@ -140,6 +142,52 @@ def rows_per_block(stored: int) -> int:
     """Queries scored together against ``stored`` vectors within :data:`SCORES_BLOCK_BYTES`
     (at least 16, so the matrix product stays efficient)."""
     return max(16, SCORES_BLOCK_BYTES // (4 * max(1, stored)))
+
+
+def check_threshold(threshold: Any) -> float:
+    """A cosine similarity in (-1, 1], else :class:`ConfigurationError`."""
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not -1.0 < float(threshold) <= 1.0  # NaN fails too
+    ):
+        raise ConfigurationError(f"threshold must be a cosine similarity in (-1, 1], got {threshold!r}")
+    return float(threshold)
+
+
+#: Records a store's ``similar_pairs`` compares at a time on an exact path.
+PAIR_QUERIES = 1024
+
+
+def exact_pairs(
+    rows: Callable[[NDArray[np.intp]], NDArray[np.float32]],
+    positions: NDArray[np.intp],
+    start: int,
+    stop: int,
+    threshold: float,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float32]]:
+    """Exact pairs for ``similar_pairs``: every ``(positions[i], positions[j])`` with
+    ``start <= i < stop``, ``i < j`` and cosine at least ``threshold``, as (left, right,
+    scores). ``rows(p)`` gives the vectors at positions ``p``; the later positions are read
+    in blocks, so the scores held stay within :data:`SCORES_BLOCK_BYTES`. Going through
+    ``start`` in steps of :data:`PAIR_QUERIES` gives every pair once (the upper triangle).
+    """
+    queries = rows(positions[start:stop])
+    step = max(256, SCORES_BLOCK_BYTES // (4 * max(1, len(queries))))
+    left: list[NDArray[np.intp]] = []
+    right: list[NDArray[np.intp]] = []
+    scores: list[NDArray[np.float32]] = []
+    for at in range(start, len(positions), step):
+        block = queries @ rows(positions[at : at + step]).T
+        qi, cj = np.nonzero(block >= np.float32(threshold))
+        later = at + cj > start + qi
+        qi, cj = qi[later], cj[later]
+        left.append(positions[start + qi])
+        right.append(positions[at + cj])
+        scores.append(block[qi, cj])
+    if not left:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.float32)
+    return np.concatenate(left), np.concatenate(right), np.concatenate(scores).astype(np.float32)
 
 
 def top_k(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:

@@ -10,13 +10,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigurationError
-from ..filters import normalize_filter
-from ..types import Filter, Hit, Record, Schema
+from ..filters import matches, normalize_filter
+from ..types import Filter, Hit, Record, Schema, SimilarPairs
 from ._common import (
+    PAIR_QUERIES,
     ExactIndex,
     check_batch_size,
     check_same_schema,
     check_search_args,
+    check_threshold,
+    exact_pairs,
     require_schema,
     validate_records,
 )
@@ -98,6 +101,25 @@ class InMemoryStore:
                 batch = self._index.get(ids[start : start + batch_size])
             if batch:
                 yield batch
+
+    def similar_pairs(self, threshold: float, filter: Filter | None = None) -> Iterator[SimilarPairs]:
+        """Every pair of records (matching ``filter``) at or above cosine ``threshold``,
+        exactly (see :class:`~lookalike.protocols.PairSearchStore`). Compares the records
+        there were when iteration began, copied then."""
+        with self._lock:
+            schema = require_schema(self._schema, "this InMemoryStore")
+            threshold = check_threshold(threshold)
+            flt = normalize_filter(filter, schema.fields)
+            assert self._index is not None
+            index = self._index
+            rows = [i for i, meta in enumerate(index.metadata) if flt is None or matches(meta, flt)]
+            ids = [index.ids[i] for i in rows]
+            matrix = index.vectors[rows]  # a copy
+        everything = np.arange(len(ids))
+        for start in range(0, len(ids), PAIR_QUERIES):
+            stop = min(start + PAIR_QUERIES, len(ids))
+            left, right, scores = exact_pairs(matrix.__getitem__, everything, start, stop, threshold)
+            yield SimilarPairs([ids[i] for i in left], [ids[j] for j in right], scores, stop - start)
 
     def count(self) -> int:
         return 0 if self._index is None else len(self._index)

@@ -4,30 +4,32 @@ runs each protocol method in one transaction; the work is done by the modules be
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..._checks import positive_int
 from ...errors import ConfigurationError, StoreConnectionError, StoreError, quote_name
-from ...filters import normalize_filter
-from ...types import Filter, Hit, Record, Schema
+from ...filters import NormalizedFilter, normalize_filter
+from ...types import Filter, Hit, Record, Schema, SimilarPairs
 from .._common import (
     check_batch_size,
     check_same_schema,
     check_search_args,
+    check_threshold,
     require_schema,
     validate_records,
 )
-from . import _annfile, _check, _tombstones, _vecfile
+from . import _annfile, _check, _pairs, _tombstones, _vecfile
 from ._ivf import AnnFileError, IvfIndex
 from ._mirror import Mirror, Reload, catch_up, expand, load_mapped, resync_deletions
 from ._open import connect, open_file
@@ -36,6 +38,8 @@ from ._search import search as search_mirror
 from ._sqlite import FETCH_CHUNK, execute_in, translate, write_transaction
 
 __all__ = ["DEFAULT_ANN_THRESHOLD", "LocalStore"]
+
+_T = TypeVar("_T")
 
 #: Stores with at least this many records search through the approximate index.
 DEFAULT_ANN_THRESHOLD = 20_000
@@ -232,16 +236,82 @@ class LocalStore:
             schema = self._require_schema()
             queries = check_search_args(vectors, k, schema)
             flt = normalize_filter(filter, schema.fields)
-            try:
-                with self._current("search", schema) as (db, mirror):
-                    return search_mirror(db, mirror, queries, int(k), flt, self.path)
-            except _vecfile.VecFileError:  # the file was cut short under this process
-                self._vec_damaged = True
-                self._mirror = None
-                if self.read_only:
-                    self._vec = None
-            with self._current("search", schema) as (db, mirror):
-                return search_mirror(db, mirror, queries, int(k), flt, self.path)
+            return self._with_mirror(
+                "search",
+                schema,
+                lambda db, mirror: search_mirror(db, mirror, queries, int(k), flt, self.path),
+            )
+
+    def similar_pairs(
+        self, threshold: float, filter: Filter | None = None
+    ) -> Iterator[SimilarPairs]:
+        """Every pair of records (matching ``filter``) whose cosine similarity is at least
+        ``threshold``, each once, in batches (:class:`~lookalike.protocols.PairSearchStore`).
+
+        Exact below ``ann_threshold``; above it a join over the approximate index's lists
+        (as many lists probed per record as a search probes), re-scored exactly, so a
+        pair is missed only when neither record's search would find the other. Records
+        written meanwhile are not paired; the store's lock is held one batch at a time.
+        """
+        threshold = check_threshold(threshold)
+        with self._lock:
+            schema = self._require_schema()
+            flt = normalize_filter(filter, schema.fields)
+            plan = self._with_mirror(
+                "similar pairs", schema, lambda db, m: _pairs.plan(db, m, flt, self.path, self.ann_threshold)
+            )
+        seen: set[tuple[int, int]] = set()
+        for bounds in plan.steps:
+            with self._lock:
+                batch = self._with_mirror(
+                    "similar pairs",
+                    schema,
+                    functools.partial(self._pairs_step, flt, bounds, plan, threshold, seen),
+                )
+            yield batch
+
+    def _pairs_step(
+        self,
+        flt: NormalizedFilter | None,
+        bounds: tuple[int, int],
+        plan: _pairs.Plan,
+        threshold: float,
+        seen: set[tuple[int, int]],
+        db: sqlite3.Connection,
+        mirror: Mirror,
+    ) -> SimilarPairs:
+        """One batch of :meth:`similar_pairs`, with the records' ids."""
+        (left, right, scores), count = _pairs.step(
+            db, mirror, flt, self.path, bounds, plan, threshold, seen
+        )
+        ids = _pairs.ids_of(db, np.concatenate([left, right]))
+        kept = [
+            i
+            for i, (a, b) in enumerate(zip(left.tolist(), right.tolist()))
+            if a in ids and b in ids
+        ]  # one may be deleted meanwhile
+        return SimilarPairs(
+            [ids[int(left[i])] for i in kept],
+            [ids[int(right[i])] for i in kept],
+            scores[kept],
+            count,
+        )
+
+    def _with_mirror(
+        self, action: str, schema: Schema, work: Callable[[sqlite3.Connection, Mirror], _T]
+    ) -> _T:
+        """``work(db, mirror)`` on a read snapshot, run again once on a freshly loaded
+        mirror when the vector file turns out cut short under this process."""
+        try:
+            with self._current(action, schema) as (db, mirror):
+                return work(db, mirror)
+        except _vecfile.VecFileError:
+            self._vec_damaged = True
+            self._mirror = None
+            if self.read_only:
+                self._vec = None
+        with self._current(action, schema) as (db, mirror):
+            return work(db, mirror)
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         with self._lock:
@@ -420,7 +490,9 @@ class LocalStore:
                 self._vec_damaged = True  # and rebuild the file before the next search
         mirror.last_tomb = _tombstones.max_tomb(db)
         extra = int(
-            db.execute("SELECT count(*) FROM records WHERE rowid > ?", (mirror.last_rowid,)).fetchone()[0]
+            db.execute(
+                "SELECT count(*) FROM records WHERE rowid > ?", (mirror.last_rowid,)
+            ).fetchone()[0]
         )
         mirror.reserve(extra)  # one allocation, not 1.5x growth steps that copy
         mirror._reserve_tail(extra)
@@ -449,7 +521,9 @@ class LocalStore:
         except _vecfile.VecFileError:
             _vecfile.drop_state(db)  # rebuilt from SQLite by the next load
             return
-        present = np.fromiter((r for (r,) in db.execute("SELECT rowid FROM records")), dtype=np.int64)
+        present = np.fromiter(
+            (r for (r,) in db.execute("SELECT rowid FROM records")), dtype=np.int64
+        )
         keep = np.flatnonzero(np.isin(rowids, present))
         try:
             self._vec = _vecfile.rewrite(
@@ -495,11 +569,15 @@ class LocalStore:
             return
         if vf.writable and last == before + n:
             self._append_missing(db, vf, before, schema.dim)
-            _vecfile.append(db, vf, np.arange(before + 1, last + 1, dtype=np.int64), matrix, self.path)
+            _vecfile.append(
+                db, vf, np.arange(before + 1, last + 1, dtype=np.int64), matrix, self.path
+            )
         # else the rows stay out of the file: readers take them from SQLite, and the next
         # writer that can append adds them first (_append_missing)
 
-    def _append_missing(self, db: sqlite3.Connection, vf: _vecfile.VecFile, before: int, dim: int) -> None:
+    def _append_missing(
+        self, db: sqlite3.Connection, vf: _vecfile.VecFile, before: int, dim: int
+    ) -> None:
         """Append rows an older lookalike stored without writing them to the file."""
         row = db.execute("SELECT row + n - 1 FROM vecsegs ORDER BY pos DESC LIMIT 1").fetchone()
         covered = int(row[0]) if row else 0

@@ -18,7 +18,7 @@ the dimension; without it they reuse ``store``, emptied between examples.
 The property tests use hypothesis when it is installed, fixed examples otherwise.
 
 The suite is split by concern: one mixin per group of tests (``_schema``, ``_records``,
-``_metadata``, ``_search``, ``_filters``, ``_properties``), the helpers and data in ``_kit``, the
+``_metadata``, ``_search``, ``_filters``, ``_pairs``, ``_properties``), the helpers and data in ``_kit``, the
 property-test machinery in ``_property``. Its helpers are importable from here.
 This package imports pytest: import it from tests only.
 """
@@ -55,6 +55,7 @@ from ._kit import (
     unit_vectors,
 )
 from ._metadata import MetadataTests
+from ._pairs import PairTests
 from ._properties import PropertyTests
 from ._property import HAVE_HYPOTHESIS
 from ._records import RecordTests
@@ -88,8 +89,10 @@ __all__ = [
 
 
 # pytest collects the tests of base classes in reverse MRO order: the last base's first. Listed
-# so, the tests run in the order schema, records, metadata, search, filters, properties.
-class VectorStoreContract(PropertyTests, FilterTests, SearchTests, MetadataTests, RecordTests, SchemaTests):
+# so, the tests run in the order schema, records, metadata, search, filters, pairs, properties.
+class VectorStoreContract(
+    PropertyTests, PairTests, FilterTests, SearchTests, MetadataTests, RecordTests, SchemaTests
+):
     """The behaviour every :class:`~lookalike.VectorStore` must have, as pytest tests.
 
     Subclass it (the class name must start with ``Test``) and define a ``store`` fixture
