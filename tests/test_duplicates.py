@@ -59,14 +59,29 @@ def planted(rng: np.random.Generator, sizes: list[int], singles: int) -> tuple[l
     return records, groups
 
 
+class SearchOnly:
+    """A store without ``similar_pairs``: ``find_duplicates`` searches each record's
+    neighbours (the path of stores that cannot join themselves, Tencent's)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "similar_pairs":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
 def make_store(kind: str, tmp_path: Path, records: list[Record], identity: str = "test:v1") -> Any:
-    store = InMemoryStore() if kind == "memory" else LocalStore(tmp_path / "s.lookalike")
+    """``kind``: "memory", "local" (both find pairs with ``similar_pairs``) or "searched"
+    (an InMemoryStore seen without it)."""
+    store = LocalStore(tmp_path / "s.lookalike") if kind == "local" else InMemoryStore()
     store.create_schema(Schema(DIM, identity))
     store.upsert(records)
-    return store
+    return SearchOnly(store) if kind == "searched" else store
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "searched"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -118,10 +133,7 @@ def test_memory_is_bounded_by_the_batch(tmp_path: Path) -> None:
     inner = make_store("memory", tmp_path, records)
     asked: list[tuple[str, int]] = []
 
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(inner, name)
-
+    class Spy(SearchOnly):
         def search(self, vectors: np.ndarray, k: int, filter: Any = None) -> Any:
             asked.append(("search", len(vectors)))
             return inner.search(vectors, k, filter)
@@ -130,7 +142,7 @@ def test_memory_is_bounded_by_the_batch(tmp_path: Path) -> None:
             asked.append(("get", len(ids)))
             return inner.get(ids)
 
-    small = find_duplicates(Spy(), 0.9, batch_size=5)  # type: ignore[arg-type]
+    small = find_duplicates(Spy(inner), 0.9, batch_size=5)  # type: ignore[arg-type]
     assert max(n for _, n in asked) <= 5 and any(w == "get" for w, _ in asked)
     assert [{h.id for h in g} for g in small] == [truth[1], truth[0]]
     whole = find_duplicates(inner, 0.9)
@@ -353,15 +365,12 @@ def _counting_searches(inner: Any) -> tuple[Any, list[tuple[int, int]]]:
     """``inner`` behind a proxy that records each search's (queries, k)."""
     asked: list[tuple[int, int]] = []
 
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(inner, name)
-
+    class Spy(SearchOnly):
         def search(self, vectors: np.ndarray, k: int, filter: Any = None) -> Any:
             asked.append((len(vectors), k))
             return inner.search(vectors, k, filter)
 
-    return Spy(), asked
+    return Spy(inner), asked
 
 
 def test_only_images_whose_last_hit_qualifies_are_searched_again() -> None:
@@ -394,3 +403,27 @@ def test_batches_start_with_the_k_the_previous_batch_needed() -> None:
     whole = find_duplicates(inner, 0.9)  # one batch
     assert [(g[0].id, {h.id: round(h.score, 5) for h in g}) for g in groups] == [
         (g[0].id, {h.id: round(h.score, 5) for h in g}) for g in whole]
+
+
+def test_a_store_that_joins_itself_is_asked_for_its_pairs(tmp_path: Path) -> None:
+    """find_duplicates takes a PairSearchStore's pairs (no search per record) and
+    counts progress by the records each batch covered, filtered or not."""
+    records, truth = planted(np.random.default_rng(12), [2, 3, 4], singles=30)
+    inner = make_store("memory", tmp_path, records)
+    seen: list[tuple[float, Any, int]] = []
+
+    class Joined(SearchOnly):
+        def search(self, *args: Any) -> Any:
+            raise AssertionError("a store with similar_pairs is not searched record by record")
+
+        def similar_pairs(self, threshold: float, filter: Any = None) -> Any:
+            for batch in inner.similar_pairs(threshold, filter):
+                seen.append((threshold, filter, batch.scanned))
+                yield batch
+
+    groups = find_duplicates(Joined(inner), 0.9, progress=True)
+    assert sorted(({h.id for h in g} for g in groups), key=sorted) == sorted(truth, key=sorted)
+    assert seen == [(0.9, None, len(records))]
+    odd = find_duplicates(Joined(inner), 0.9, filter={"label": "odd"}, progress=True)
+    assert [{h.id for h in g} for g in odd] == [truth[1]]
+    assert seen[-1] == (0.9, {"label": "odd"}, 3)

@@ -1,18 +1,22 @@
-"""Near-duplicate groups across a whole index, built on the store's batched k-NN.
+"""Near-duplicate groups across a whole index, from the pairs the store finds.
 
 >>> groups = index.find_duplicates()            # doctest: +SKIP
 >>> groups[0].representative, groups[0].duplicates  # doctest: +SKIP
 
-How it works (``find_duplicates``): the store is read with ``scan`` one batch at a
-time (:data:`BATCH_SIZE` images); each batch's vectors go to the store's own ``search``
-in one call (exact below a :class:`~lookalike.stores.LocalStore`'s ``ann_threshold``,
-approximate above it), asking for :data:`FIRST_K` neighbours (more when the previous
-batch's images had many duplicates). Only a row whose last neighbour still scores at or
+How it works (``find_duplicates``): the pairs of images at or above the threshold come
+from the store. A store that joins itself (:class:`~lookalike.protocols.PairSearchStore`:
+``LocalStore``, ``InMemoryStore``) hands them over in batches from ``similar_pairs``
+(a ``LocalStore`` exactly below its ``ann_threshold``, above it by a join over its
+approximate index's lists, re-scored exactly). Any other store is read with ``scan``
+one batch at a time (:data:`BATCH_SIZE` images) and each batch's vectors go to its
+``search`` in one call, asking for :data:`FIRST_K` neighbours (more when the previous
+batch's images had many duplicates); only a row whose last neighbour still scores at or
 above the threshold is searched again, with :data:`GROWTH` times ``k``, until its last
-neighbour falls below the threshold, so no pair above the threshold is cut off by ``k``. Pairs at or above the threshold join their images in one
-group: **groups are the connected components** of that graph (union-find in numpy), so
-an image is never in two groups. Memory is one batch of vectors and results plus the
-pairs found; no n x n matrix is ever formed.
+neighbour falls below the threshold, so no pair above the threshold is cut off by ``k``.
+Pairs at or above the threshold join their images in one group: **groups are the
+connected components** of that graph (union-find in numpy), so an image is never in two
+groups. Memory is one batch of vectors and results plus the pairs found; no n x n matrix
+is ever formed.
 
 Each group's **representative** is its medoid, the member with the highest summed
 cosine similarity to the others (computed as ``v_i . sum(v)``); the other members follow
@@ -39,6 +43,7 @@ from numpy.typing import NDArray
 from ._checks import positive_int
 from .errors import ConfigurationError
 from .filters import matches, normalize_filter
+from .protocols import PairSearchStore
 from .types import Filter, Hit, QueryInput, Record
 
 if TYPE_CHECKING:
@@ -267,24 +272,20 @@ def find_duplicates(
     total = store.count()
     from tqdm.auto import tqdm
 
-    first_k = FIRST_K
     codes: dict[str, int] = {}  # the images that have a duplicate, numbered as met
-    left: list[int] = []  # one edge per pair above the threshold, as found (both ways)
+    left: list[int] = []  # one edge per pair above the threshold, as found
     right: list[int] = []
-    with tqdm(total=total, unit="img", desc="duplicates", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in store.scan(batch_size):
-            bar.update(len(batch))
-            records = batch if flt is None else [r for r in batch if matches(r.metadata, flt)]
-            if not records:
-                continue
-            vectors = np.stack([r.vector for r in records]).astype(np.float32, copy=False)
-            found = _neighbours(store, vectors, threshold, filter, max(1, total), first_k)
-            first_k = _next_first_k([len(hits) for hits in found])
-            for record, hits in zip(records, found):
-                for hit in hits:
-                    if hit.id != record.id:
-                        left.append(codes.setdefault(record.id, len(codes)))
-                        right.append(codes.setdefault(hit.id, len(codes)))
+    joined = isinstance(store, PairSearchStore)
+    counted = None if joined and flt is not None else total  # a join counts matches only
+    with tqdm(total=counted, unit="img", desc="duplicates", disable=not progress, dynamic_ncols=True) as bar:
+        if isinstance(store, PairSearchStore):
+            for pairs in store.similar_pairs(threshold, filter):
+                bar.update(pairs.scanned)
+                for a, b in zip(pairs.left, pairs.right):
+                    left.append(codes.setdefault(a, len(codes)))
+                    right.append(codes.setdefault(b, len(codes)))
+        else:
+            _pairs_by_search(store, threshold, filter, flt, total, batch_size, bar, codes, left, right)
     if not left:
         return DuplicateGroups(threshold=threshold)
     labels = _components(np.array(left, dtype=np.intp), np.array(right, dtype=np.intp), len(codes))
@@ -296,6 +297,27 @@ def find_duplicates(
     kept = [g for g in _ordered(store, groups, batch_size) if len(g) > 1]
     kept.sort(key=lambda g: (-len(g), g[0].id))
     return DuplicateGroups(kept, threshold=threshold)
+
+
+def _pairs_by_search(
+    store: VectorStore, threshold: float, filter: Filter | None, flt: Any, total: int, batch_size: int,
+    bar: Any, codes: dict[str, int], left: list[int], right: list[int],
+) -> None:
+    """The pairs of a store without ``similar_pairs``: a k-NN search for every record."""
+    first_k = FIRST_K
+    for batch in store.scan(batch_size):
+        bar.update(len(batch))
+        records = batch if flt is None else [r for r in batch if matches(r.metadata, flt)]
+        if not records:
+            continue
+        vectors = np.stack([r.vector for r in records]).astype(np.float32, copy=False)
+        found = _neighbours(store, vectors, threshold, filter, max(1, total), first_k)
+        first_k = _next_first_k([len(hits) for hits in found])
+        for record, hits in zip(records, found):
+            for hit in hits:
+                if hit.id != record.id:
+                    left.append(codes.setdefault(record.id, len(codes)))
+                    right.append(codes.setdefault(hit.id, len(codes)))
 
 
 def _ordered(store: VectorStore, groups: list[list[str]], batch_size: int) -> Iterator[DuplicateGroup]:
