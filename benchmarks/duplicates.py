@@ -21,9 +21,12 @@ natural neighbours below cosine 0.75) with planted near-copies (1% of rows are s
 with 1-3 copies each at cosine 0.91-0.995 to their source) in a LocalStore.
 ``find_duplicates(threshold=0.9)`` runs on the exact path (``ann_threshold=None``) and on
 the ANN path (faiss IVF, ``--ann-threshold``, default 1), each in its own child process
-(its own peak RSS; ``--no-exact`` / ``--no-ann`` skip one). Reported: the float32 matrix
+(its own peak RSS; ``--no-exact`` / ``--no-ann`` skip one; ``--by-search`` also runs
+each path with the store's ``similar_pairs`` hidden, so ``find_duplicates`` searches each
+record's neighbours instead, alternating ``--rounds`` times). Reported: the float32 matrix
 product's GFLOP/s here and the exact path's floor it implies (n x n x dim x 2 flops),
-seconds (wall and CPU), peak RSS, the store searches asked, pairs inside the groups, their
+seconds (wall and CPU), peak RSS, where the pairs came from (the store's own
+``similar_pairs`` or, for a store without it, its searches, counted), pairs inside the groups, their
 recall against the exact path and against the planted pairs. ``--compare-with SRC`` also
 times the exact phase with another lookalike source tree (say, an older commit's ``src``),
 alternating with this one, ``--rounds`` times. Results: JSON files in benchmarks/results/.
@@ -302,13 +305,28 @@ def build_store(work: Path, n: int, dim: int) -> dict[str, Any]:
     return info
 
 
+class SearchOnly:
+    """A store seen without ``similar_pairs``: find_duplicates then searches each record's
+    neighbours with the store's k-NN (``--by-search``: the path before the store joined
+    itself, and the one a store without a join takes)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "similar_pairs":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
 def run_phase(args: argparse.Namespace) -> None:
     """Child process: one find_duplicates run; writes its figures and pairs as JSON."""
     from lookalike.duplicates import find_duplicates
     from lookalike.stores import LocalStore
 
     work = Path(args.workdir)
-    ann = args.phase == "ann"
+    path, _, how = args.phase.partition("-")
+    ann = path == "ann"
     store = LocalStore(work / "store.lookalike", ann_threshold=args.ann_threshold if ann else None,
                        ann_nprobe=args.nprobe)
     t0 = time.perf_counter()
@@ -326,14 +344,16 @@ def run_phase(args: argparse.Namespace) -> None:
         return search(vectors, k, filter)
 
     store.search = counted  # type: ignore[method-assign]
+    target: Any = SearchOnly(store) if how == "search" else store
     t0, c0 = time.perf_counter(), cpu_seconds()
-    groups = find_duplicates(store, args.threshold, batch_size=args.batch_size, progress=True)
+    groups = find_duplicates(target, args.threshold, batch_size=args.batch_size, progress=True)
     find_s, find_cpu = time.perf_counter() - t0, cpu_seconds() - c0
     pairs = sorted({(min(a.id, b.id), max(a.id, b.id)) for g in groups for a, b in itertools.combinations(g, 2)})
     result = {"mode": mode, "load_s": round(load_s, 1), "find_s": round(find_s, 1), "find_cpu_s": round(find_cpu, 1),
               "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
               "groups": len(groups), "pairs": len(pairs), "peak_rss_mb": round(peak_rss_mb()),
               "nprobe": args.nprobe, "batch_size": args.batch_size, "searches": searches,
+              "pairs_from": "similar_pairs" if hasattr(target, "similar_pairs") else "search",
               "ann_threshold": args.ann_threshold if ann else None}
     store.close()
     (work / f"{args.phase}.json").write_text(json.dumps({"result": result, "pairs": pairs}))
@@ -367,8 +387,9 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     print(f"float32 matmul here: {gflops:.0f} GFLOP/s, so exact all-pairs costs at least "
           f"{out['exact_floor_s']} s of matrix products", flush=True)
     found: dict[str, set[tuple[str, str]]] = {}
-    phases = (["exact"] if args.exact else []) + (["ann"] if args.ann else [])
-    for phase in phases:
+    base = (["exact"] if args.exact else []) + (["ann"] if args.ann else [])
+    phases = [p for b in base for p in ([b, f"{b}-search"] * args.rounds if args.by_search else [b])]
+    for run, phase in enumerate(phases):
         cmd = [sys.executable, __file__, "_phase", phase, "--workdir", str(work), "--threshold", str(args.threshold),
                "--batch-size", str(args.batch_size), "--ann-threshold", str(args.ann_threshold)]
         cmd += ["--nprobe", str(args.nprobe)] if args.nprobe else []
@@ -380,8 +401,21 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         res = data["result"]
         res["recall_of_planted_pairs"] = round(len(pairs & planted) / len(planted), 4)
         res["pairs_not_planted"] = len(pairs - planted)
-        out[phase] = res
+        if phase in out:  # a later round of --by-search
+            out.setdefault("rounds", []).append({"phase": phase, "order": run, **res})
+        else:
+            out[phase] = res
         print(f"{phase}: {res}", flush=True)
+    for b in base if args.by_search else []:
+        runs = [out[b], *[r for r in out.get("rounds", []) if r["phase"] == b]]
+        searched = [out[f"{b}-search"], *[r for r in out.get("rounds", []) if r["phase"] == f"{b}-search"]]
+        out[f"{b}_join_vs_search"] = {
+            "cpu_s": [[r["find_cpu_s"] for r in runs], [r["find_cpu_s"] for r in searched]],
+            "wall_s": [[r["find_s"] for r in runs], [r["find_s"] for r in searched]],
+            "cpu_ratio": round(sum(r["find_cpu_s"] for r in searched) / max(1e-9, sum(r["find_cpu_s"] for r in runs)), 2),
+            "same_pairs": found[b] == found[f"{b}-search"],
+        }
+        print(f"{b}: the store's join vs one search per record: {out[f'{b}_join_vs_search']}", flush=True)
     if args.compare_with:
         out["compare"] = compare(args, work)
     if "exact" in found and "ann" in found:
@@ -436,10 +470,12 @@ def main() -> int:
     s.add_argument("--compare-with", default=None, metavar="SRC",
                    help="also time the exact phase with this lookalike source tree, alternating")
     s.add_argument("--other-batch-size", type=int, default=256, help="batch size for --compare-with")
-    s.add_argument("--rounds", type=int, default=2)
+    s.add_argument("--rounds", type=int, default=2, help="rounds of --compare-with or --by-search")
+    s.add_argument("--by-search", action="store_true",
+                   help="also run each path with one k-NN search per record (the store's join hidden), alternating")
     s.add_argument("--workdir", default=None)
     p = sub.add_parser("_phase")
-    p.add_argument("phase", choices=["exact", "ann"])
+    p.add_argument("phase", choices=["exact", "ann", "exact-search", "ann-search"])
     p.add_argument("--workdir", required=True)
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
