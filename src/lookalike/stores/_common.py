@@ -22,6 +22,7 @@ __all__ = [
     "check_threshold",
     "exact_pairs",
     "require_schema",
+    "row_reader",
     "validate_records",
 ]
 
@@ -173,7 +174,8 @@ def exact_pairs(
     ``start`` in steps of :data:`PAIR_QUERIES` gives every pair once (the upper triangle).
     """
     queries = rows(positions[start:stop])
-    step = max(256, SCORES_BLOCK_BYTES // (4 * max(1, len(queries))))
+    # a block of later rows and its scores each within SCORES_BLOCK_BYTES
+    step = max(256, SCORES_BLOCK_BYTES // (4 * max(1, len(queries), queries.shape[1])))
     left: list[NDArray[np.intp]] = []
     right: list[NDArray[np.intp]] = []
     scores: list[NDArray[np.float32]] = []
@@ -188,6 +190,18 @@ def exact_pairs(
     if not left:
         return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.float32)
     return np.concatenate(left), np.concatenate(right), np.concatenate(scores).astype(np.float32)
+
+
+def row_reader(matrix: NDArray[np.float32]) -> Callable[[NDArray[np.intp]], NDArray[np.float32]]:
+    """Rows of ``matrix`` by positions, for :func:`exact_pairs`: a run of consecutive
+    positions as a slice (no copy), scattered ones gathered."""
+
+    def rows(positions: NDArray[np.intp]) -> NDArray[np.float32]:
+        if len(positions) and int(positions[-1]) - int(positions[0]) + 1 == len(positions):
+            return matrix[int(positions[0]) : int(positions[-1]) + 1]
+        return matrix[positions]
+
+    return rows
 
 
 def top_k(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:

@@ -21,6 +21,7 @@ from ._common import (
     check_threshold,
     exact_pairs,
     require_schema,
+    row_reader,
     validate_records,
 )
 
@@ -118,7 +119,7 @@ class InMemoryStore:
         everything = np.arange(len(ids))
         for start in range(0, len(ids), PAIR_QUERIES):
             stop = min(start + PAIR_QUERIES, len(ids))
-            left, right, scores = exact_pairs(matrix.__getitem__, everything, start, stop, threshold)
+            left, right, scores = exact_pairs(row_reader(matrix), everything, start, stop, threshold)
             yield SimilarPairs([ids[i] for i in left], [ids[j] for j in right], scores, stop - start)
 
     def count(self) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ...filters import NormalizedFilter
-from .._common import PAIR_QUERIES, exact_pairs
+from .._common import PAIR_QUERIES, exact_pairs, row_reader
 from ._columns import filter_mask
 from ._mirror import Mirror
 from ._sqlite import execute_in
@@ -176,18 +176,11 @@ def _unseen(found: _Pairs, seen: set[tuple[int, int]]) -> _Pairs:
 
 
 def _reader(mirror: Mirror) -> Callable[[NDArray[np.intp]], NDArray[np.float32]]:
-    """Vectors by positions for ``exact_pairs``: a run of positions of the mapped file as
-    a slice of its map (no copy); otherwise gathered."""
+    """Vectors by positions for ``exact_pairs``: from the mapped file's map when it holds
+    every row (runs of positions as slices, no copy), else gathered with ``pread``."""
     if mirror.size != mirror.base:  # rows beyond the mapped file: never concatenate it all
         return mirror.rows
-    matrix = mirror.mapped
-
-    def rows(positions: NDArray[np.intp]) -> NDArray[np.float32]:
-        if len(positions) and int(positions[-1]) - int(positions[0]) + 1 == len(positions):
-            return matrix[int(positions[0]) : int(positions[-1]) + 1]
-        return matrix[positions]
-
-    return rows
+    return row_reader(mirror.mapped)
 
 
 def _empty() -> _Pairs:
