@@ -27,7 +27,8 @@ record's neighbours instead, alternating ``--rounds`` times). Reported: the floa
 product's GFLOP/s here and the exact path's floor it implies (n x n x dim x 2 flops),
 seconds (wall and CPU), peak RSS, where the pairs came from (the store's own
 ``similar_pairs`` or, for a store without it, its searches, counted), pairs inside the groups, their
-recall against the exact path and against the planted pairs. ``--compare-with SRC`` also
+recall against the exact path and against the planted pairs (``--exact-sample N``: against
+the exact pairs of N records drawn at random, for 1M, where the exact path takes hours). ``--compare-with SRC`` also
 times the exact phase with another lookalike source tree (say, an older commit's ``src``),
 alternating with this one, ``--rounds`` times. Results: JSON files in benchmarks/results/.
 """
@@ -355,8 +356,37 @@ def run_phase(args: argparse.Namespace) -> None:
               "nprobe": args.nprobe, "batch_size": args.batch_size, "searches": searches,
               "pairs_from": "similar_pairs" if hasattr(target, "similar_pairs") else "search",
               "ann_threshold": args.ann_threshold if ann else None}
+    if args.exact_sample:
+        result["exact_sample"] = exact_sample(store, groups, args.threshold, args.exact_sample)
     store.close()
     (work / f"{args.phase}.json").write_text(json.dumps({"result": result, "pairs": pairs}))
+
+
+def exact_sample(store: Any, groups: Any, threshold: float, size: int) -> dict[str, Any]:
+    """Recall against exact without the exact path: the exact pairs (cosine >= threshold,
+    numpy over every stored vector, read with ``scan``) of ``size`` records drawn at random,
+    and how many of them ``groups`` put in one group."""
+    t0 = time.perf_counter()
+    group_of = {h.id: n for n, g in enumerate(groups) for h in g}
+    total = store.count()
+    drawn = set(np.random.default_rng(7).choice(total, min(size, total), replace=False).tolist())
+    sample: list[Any] = []
+    at = 0
+    for batch in store.scan(8192):  # first pass: the drawn records' vectors
+        sample += [r for i, r in enumerate(batch, at) if i in drawn]
+        at += len(batch)
+    queries = np.stack([r.vector for r in sample]).astype(np.float32)
+    exact: set[tuple[str, str]] = set()
+    for batch in store.scan(8192):  # second pass: every stored vector against the sample
+        scores = queries @ np.stack([r.vector for r in batch]).astype(np.float32).T
+        for qi, bi in zip(*np.nonzero(scores >= np.float32(threshold))):
+            a, b = sample[qi].id, batch[bi].id
+            if a != b:
+                exact.add((min(a, b), max(a, b)))
+    found = sum(1 for a, b in exact if a in group_of and group_of.get(a) == group_of.get(b))
+    return {"records": len(sample), "exact_pairs": len(exact), "in_one_group": found,
+            "recall_vs_exact": round(found / len(exact), 4) if exact else None,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def gemm_ceiling(dim: int, seconds: float = 3.0) -> float:
@@ -393,6 +423,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         cmd = [sys.executable, __file__, "_phase", phase, "--workdir", str(work), "--threshold", str(args.threshold),
                "--batch-size", str(args.batch_size), "--ann-threshold", str(args.ann_threshold)]
         cmd += ["--nprobe", str(args.nprobe)] if args.nprobe else []
+        cmd += ["--exact-sample", str(args.exact_sample)] if args.exact_sample else []
         print(f"{phase}: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
         data = json.loads((work / f"{phase}.json").read_text())
@@ -474,6 +505,9 @@ def main() -> int:
     s.add_argument("--by-search", action="store_true",
                    help="also run each path with one k-NN search per record (the store's join hidden), alternating")
     s.add_argument("--workdir", default=None)
+    s.add_argument("--exact-sample", type=int, default=0, metavar="N",
+                   help="also find the exact pairs of N records drawn at random (numpy, every stored vector) "
+                        "and report how many the groups hold: recall against exact where the exact path is too slow")
     p = sub.add_parser("_phase")
     p.add_argument("phase", choices=["exact", "ann", "exact-search", "ann-search"])
     p.add_argument("--workdir", required=True)
@@ -481,6 +515,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--ann-threshold", type=int, default=1)
+    p.add_argument("--exact-sample", type=int, default=0)
     args = parser.parse_args()
     if args.what == "_phase":
         run_phase(args)
