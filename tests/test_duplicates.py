@@ -427,3 +427,17 @@ def test_a_store_that_joins_itself_is_asked_for_its_pairs(tmp_path: Path) -> Non
     odd = find_duplicates(Joined(inner), 0.9, filter={"label": "odd"}, progress=True)
     assert [{h.id for h in g} for g in odd] == [truth[1]]
     assert seen[-1] == (0.9, {"label": "odd"}, 3)
+
+
+def test_threshold_one_finds_exact_copies(kind: str, tmp_path: Path) -> None:
+    """A vector's float32 product with its exact copy can come out just below 1.0: a
+    threshold of 1.0 still finds every exact copy, and nothing else."""
+    rng = np.random.default_rng(13)
+    vectors = unit(rng.standard_normal((40, DIM)))
+    records = [Record(f"a{i}", v) for i, v in enumerate(vectors)] + [Record(f"b{i}", v) for i, v in enumerate(vectors[:25])]
+    records += [Record("near", near(vectors[30], 0.999, rng))]
+    store = make_store(kind, tmp_path, records)
+    groups = find_duplicates(store, 1.0)
+    assert {frozenset(h.id for h in g) for g in groups} == {frozenset({f"a{i}", f"b{i}"}) for i in range(25)}
+    assert len(groups) == 25
+    store.close()

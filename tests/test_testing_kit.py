@@ -229,7 +229,7 @@ def test_a_users_store_passes_and_a_sloppy_one_fails(pytester: pytest.Pytester) 
     passed, failed = _outcomes(reprec)
     good_passed = {t for t in passed if t.startswith("TestMyStore::")}
     assert not {t for t in failed if t.startswith("TestMyStore::")}
-    assert len(good_passed) == 114  # the whole contract, property tests on the one `store`
+    assert len(good_passed) == 115  # the whole contract, property tests on the one `store`
     assert "TestMyStore::test_similar_pairs_equal_brute_force[0.9]" in good_passed  # it has similar_pairs
     assert "TestMyStore::test_property_self_top1_sorted_and_length" in good_passed
     sloppy = {t.split("::", 1)[1] for t in failed if t.startswith("TestDictStore::")}
@@ -277,7 +277,7 @@ def test_contract_runs_fixed_examples_without_hypothesis(pytester: pytest.Pytest
     pytester.makepyfile(test_good=GOOD_STORE)
     # a subprocess: in this one hypothesis's plugin is loaded and has patched pytest
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-v")
-    result.assert_outcomes(passed=110 + 5 + 12 + 4 + 13)  # the fixed examples of the 4 property tests
+    result.assert_outcomes(passed=111 + 5 + 12 + 4 + 13)  # the fixed examples of the 4 property tests
     result.stdout.fnmatch_lines([
         "*TestMyStore::test_property_self_top1_sorted_and_length[[]ex4[]] PASSED*",
         "*TestMyStore::test_property_ties_and_duplicates[[]ex11[]] PASSED*",

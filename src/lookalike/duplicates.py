@@ -44,6 +44,7 @@ from ._checks import positive_int
 from .errors import ConfigurationError
 from .filters import matches, normalize_filter
 from .protocols import PairSearchStore
+from .stores._common import SCORE_ROUNDING
 from .types import Filter, Hit, QueryInput, Record
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ def _neighbours(
     qualifies are searched again, with :data:`GROWTH` times as many, until it does not.
     """
     k = min(first_k, limit)
+    threshold -= SCORE_ROUNDING  # an exact copy scores 0.9999995 in float32
     results = store.search(vectors, k, filter)
     todo = [j for j, hits in enumerate(results) if len(hits) >= k and hits[-1].score >= threshold]
     while todo and k < limit:

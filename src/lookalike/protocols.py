@@ -208,7 +208,8 @@ class PairSearchStore(Protocol):
 
     ``similar_pairs(threshold, filter)`` yields :class:`~lookalike.types.SimilarPairs`
     batches. Over all of them, each unordered pair of records matching ``filter`` whose
-    cosine similarity is at least ``threshold`` comes once (an approximate store may miss
+    cosine similarity is at least ``threshold`` (computed in float32: an exact copy must
+    reach 1.0) comes once (an approximate store may miss
     some, as its ``search`` may), never a record paired with itself, and ``scanned`` adds
     up to the records matching ``filter``. Records written during the iteration may or may
     not be paired. :class:`~lookalike.stores.LocalStore` and

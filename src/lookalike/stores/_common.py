@@ -159,6 +159,12 @@ def check_threshold(threshold: Any) -> float:
 #: Records a store's ``similar_pairs`` compares at a time on an exact path.
 PAIR_QUERIES = 1024
 
+#: How far below a threshold a float32 cosine may fall and still count as reaching it:
+#: a vector's float32 product with an exact copy of itself comes out as 0.9999995, so
+#: without it ``threshold=1.0`` would miss exact copies (float32 rounding over a few
+#: thousand dimensions stays well within it).
+SCORE_ROUNDING = 1e-5
+
 
 def exact_pairs(
     rows: Callable[[NDArray[np.intp]], NDArray[np.float32]],
@@ -168,7 +174,8 @@ def exact_pairs(
     threshold: float,
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float32]]:
     """Exact pairs for ``similar_pairs``: every ``(positions[i], positions[j])`` with
-    ``start <= i < stop``, ``i < j`` and cosine at least ``threshold``, as (left, right,
+    ``start <= i < stop``, ``i < j`` and cosine at least ``threshold`` (less
+    :data:`SCORE_ROUNDING`), as (left, right,
     scores). ``rows(p)`` gives the vectors at positions ``p``; the later positions are read
     in blocks, so the scores held stay within :data:`SCORES_BLOCK_BYTES`. Going through
     ``start`` in steps of :data:`PAIR_QUERIES` gives every pair once (the upper triangle).
@@ -181,7 +188,7 @@ def exact_pairs(
     scores: list[NDArray[np.float32]] = []
     for at in range(start, len(positions), step):
         block = queries @ rows(positions[at : at + step]).T
-        qi, cj = np.nonzero(block >= np.float32(threshold))
+        qi, cj = np.nonzero(block >= np.float32(threshold - SCORE_ROUNDING))
         later = at + cj > start + qi
         qi, cj = qi[later], cj[later]
         left.append(positions[start + qi])

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ...filters import NormalizedFilter
-from .._common import PAIR_QUERIES, exact_pairs, row_reader
+from .._common import PAIR_QUERIES, SCORE_ROUNDING, exact_pairs, row_reader
 from ._columns import filter_mask
 from ._mirror import Mirror
 from ._sqlite import execute_in
@@ -158,7 +158,7 @@ def _rescored(
     unique, inverse = np.unique(at, return_inverse=True)
     vectors = mirror.rows(unique)
     scores = np.einsum("ij,ij->i", queries[asking], vectors[inverse]).astype(np.float32)
-    ok = scores >= np.float32(threshold)
+    ok = scores >= np.float32(threshold - SCORE_ROUNDING)
     rowids = mirror.rowids
     return rowids[queries_at[asking[ok]]], rowids[at[ok]], scores[ok]
 

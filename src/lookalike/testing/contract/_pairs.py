@@ -73,6 +73,18 @@ class PairTests:
             assert score == pytest.approx(truth.get(key, threshold), abs=1e-4), f"the score of {key} must be its cosine similarity"
         assert scanned == len(records), f"the batches' scanned must add up to the {len(records)} records, got {scanned}"
 
+    def test_similar_pairs_threshold_one_pairs_exact_copies(self, store: VectorStore) -> None:
+        pairs = _pair_store(store)
+        records = make_records(30)
+        copies = [Record(f"{r.id}-same", r.vector, dict(r.metadata)) for r in records[:10]]
+        store.create_schema(SCHEMA)
+        store.upsert(records + copies)
+        found, _ = _collect(pairs, 1.0)
+        assert set(found) == {(r.id, f"{r.id}-same") for r in records[:10]}, (
+            "similar_pairs(1.0) must pair every exact copy (a float32 cosine of 0.9999995 is 1.0 "
+            "up to rounding: compare with a tolerance of about 1e-5) and nothing else"
+        )
+
     def test_similar_pairs_filter_limits_both_sides(self, store: VectorStore) -> None:
         pairs = _pair_store(store)
         records = _with_near_copies(make_records(100))
