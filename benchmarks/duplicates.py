@@ -369,15 +369,11 @@ def exact_sample(store: Any, groups: Any, threshold: float, size: int) -> dict[s
     t0 = time.perf_counter()
     group_of = {h.id: n for n, g in enumerate(groups) for h in g}
     total = store.count()
-    drawn = set(np.random.default_rng(7).choice(total, min(size, total), replace=False).tolist())
-    sample: list[Any] = []
-    at = 0
-    for batch in store.scan(8192):  # first pass: the drawn records' vectors
-        sample += [r for i, r in enumerate(batch, at) if i in drawn]
-        at += len(batch)
+    drawn = np.random.default_rng(7).choice(total, min(size, total), replace=False)
+    sample = store.get([f"v{i:07d}" for i in sorted(drawn.tolist())])  # build_store's ids
     queries = np.stack([r.vector for r in sample]).astype(np.float32)
     exact: set[tuple[str, str]] = set()
-    for batch in store.scan(8192):  # second pass: every stored vector against the sample
+    for batch in store.scan(8192):  # every stored vector against the sample
         scores = queries @ np.stack([r.vector for r in batch]).astype(np.float32).T
         for qi, bi in zip(*np.nonzero(scores >= np.float32(threshold))):
             a, b = sample[qi].id, batch[bi].id

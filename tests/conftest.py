@@ -6,6 +6,7 @@ import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,3 +120,16 @@ def tiny_clip(tiny_clip_config: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     ``lookalike`` subprocesses (serve) know it too."""
     monkeypatch.setenv("LOOKALIKE_CLIP_CONFIGS", str(tiny_clip_config))
     return TINY_CLIP
+
+
+class SearchOnly:
+    """A store without ``similar_pairs``: ``find_duplicates`` searches each record's
+    neighbours (the path of stores that cannot join themselves, Tencent's)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "similar_pairs":
+            raise AttributeError(name)
+        return getattr(self._inner, name)

@@ -25,7 +25,7 @@ from lookalike.embedders import FakeEmbedder
 from lookalike.eval.duplicates_report import render_html, write_html
 from lookalike.stores import InMemoryStore, LocalStore
 
-from .conftest import make_image
+from .conftest import SearchOnly, make_image
 
 DIM = 32
 
@@ -57,19 +57,6 @@ def planted(rng: np.random.Generator, sizes: list[int], singles: int) -> tuple[l
     for s in range(singles):
         records.append(Record(f"single{s}", unit(rng.standard_normal(DIM)), {"path": f"/photos/s{s}.jpg", "label": "even"}))
     return records, groups
-
-
-class SearchOnly:
-    """A store without ``similar_pairs``: ``find_duplicates`` searches each record's
-    neighbours (the path of stores that cannot join themselves, Tencent's)."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "similar_pairs":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
 
 
 def make_store(kind: str, tmp_path: Path, records: list[Record], identity: str = "test:v1") -> Any:

@@ -30,7 +30,6 @@ embedder identity a store records); a model with no calibration gets
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,7 +43,7 @@ from ._checks import positive_int
 from .errors import ConfigurationError
 from .filters import matches, normalize_filter
 from .protocols import PairSearchStore
-from .stores._common import SCORE_ROUNDING
+from .stores._common import SCORE_ROUNDING, check_threshold
 from .types import Filter, Hit, QueryInput, Record
 
 if TYPE_CHECKING:
@@ -120,21 +119,10 @@ def default_threshold(identity: str) -> float:
     return FALLBACK_THRESHOLD
 
 
-def _check_threshold(threshold: Any) -> float:
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float, np.floating, np.integer))
-        or not math.isfinite(float(threshold))
-        or not -1.0 < float(threshold) <= 1.0
-    ):
-        raise ConfigurationError(f"threshold must be a cosine similarity in (-1, 1], got {threshold!r}")
-    return float(threshold)
-
-
 def resolve_threshold(threshold: float | None, store: VectorStore) -> float:
     """``threshold`` checked, or the default for the model that built ``store``."""
     if threshold is not None:
-        return _check_threshold(threshold)
+        return check_threshold(threshold)
     schema = store.describe()
     if schema is None:
         return FALLBACK_THRESHOLD

@@ -231,9 +231,6 @@ class SimilarPairs:
     scores: NDArray[np.float32]
     scanned: int
 
-    def __len__(self) -> int:
-        return len(self.left)
-
 
 @dataclass(frozen=True)
 class Failure:

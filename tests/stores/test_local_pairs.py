@@ -17,6 +17,8 @@ from lookalike.duplicates import find_duplicates
 from lookalike.stores import InMemoryStore, LocalStore
 from lookalike.stores.local import _ivf, _pairs
 
+from ..conftest import SearchOnly
+
 pytestmark = pytest.mark.skipif(not _ivf.ann_available(), reason="needs faiss (extra [ann])")
 
 DIM = 32
@@ -53,25 +55,25 @@ def pairs_of(store: Any, threshold: float, flt: Any = None) -> dict[tuple[str, s
     return found
 
 
+def reference(records: list[Record], threshold: float) -> dict[tuple[str, str], float]:
+    """The exact pairs (InMemoryStore) down to just below ``threshold``, with their scores."""
+    ref = InMemoryStore()
+    ref.create_schema(SCHEMA)
+    ref.upsert(records)
+    return pairs_of(ref, threshold - 1e-5)
+
+
 def truth(records: list[Record], threshold: float) -> set[tuple[str, str]]:
-    """The exact pairs (InMemoryStore), less those within 1e-5 of the threshold, whose
-    float32 scores may fall either side of it."""
-    ref = InMemoryStore()
-    ref.create_schema(SCHEMA)
-    ref.upsert(records)
-    found = pairs_of(ref, threshold - 1e-5)
-    return {k for k, s in found.items() if abs(s - threshold) > 1e-5}
-
-
-def near_threshold(records: list[Record], threshold: float) -> set[tuple[str, str]]:
-    ref = InMemoryStore()
-    ref.create_schema(SCHEMA)
-    ref.upsert(records)
-    return {k for k, s in pairs_of(ref, threshold - 1e-5).items() if abs(s - threshold) <= 1e-5}
+    """The exact pairs, less those within 1e-5 of the threshold, whose float32 scores
+    may fall either side of it."""
+    return {k for k, s in reference(records, threshold).items() if abs(s - threshold) > 1e-5}
 
 
 def same(found: dict[tuple[str, str], float] | set[tuple[str, str]], records: list[Record], threshold: float) -> bool:
-    return set(found) - near_threshold(records, threshold) == truth(records, threshold)
+    """``found`` holds the exact pairs, give or take those within 1e-5 of the threshold."""
+    exact = reference(records, threshold)
+    near = {k for k, s in exact.items() if abs(s - threshold) <= 1e-5}
+    return set(found) - near == set(exact) - near
 
 
 @pytest.fixture
@@ -204,13 +206,7 @@ def test_find_duplicates_uses_the_join_and_groups_as_the_search_does(
     joined = find_duplicates(store, 0.9)
     assert calls
 
-    class SearchOnly:  # the same store without similar_pairs: one k-NN search per record
-        def __getattr__(self, name: str) -> Any:
-            if name == "similar_pairs":
-                raise AttributeError(name)
-            return getattr(store, name)
-
-    searched = find_duplicates(SearchOnly(), 0.9)  # type: ignore[arg-type]
+    searched = find_duplicates(SearchOnly(store), 0.9)  # one k-NN search per record
     assert [[(h.id, round(h.score, 5)) for h in g] for g in joined] == [
         [(h.id, round(h.score, 5)) for h in g] for g in searched
     ]
